@@ -1,0 +1,69 @@
+"""Command line: ``python -m srtlab {fit,eval,prepare,plot} [key=value ...]``.
+
+``fit`` and ``eval`` take Hydra overrides (``experiment=srt rollout.n=16 algorithm=grpo ...``) and
+Hydra's own flags (``--cfg job`` prints the composed config, ``-m`` sweeps).
+"""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m srtlab COMMAND [overrides]
+
+commands:
+  fit       train (e.g. `python -m srtlab fit experiment=srt`)
+  eval      evaluate the base model or a checkpoint (`ckpt_path=...`) on the held-out sets
+  prepare   fetch and convert the built-in model and data once (fit/eval do it on first use too)
+  plot      plot a run's metrics: `python -m srtlab plot RUN_DIR [METRIC ...]`
+"""
+
+
+def _hydra_task(config_name: str, task):
+    import hydra
+
+    from srtlab.train import register_resolvers
+
+    register_resolvers()
+
+    @hydra.main(version_base="1.3", config_path="../configs", config_name=config_name)
+    def main(cfg) -> None:
+        task(cfg)
+
+    main()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    sys.argv = [f"srtlab {command}", *rest]  # Hydra reads its overrides from sys.argv
+    if command == "fit":
+        from srtlab.train import fit
+
+        _hydra_task("fit", fit)
+    elif command == "eval":
+        from srtlab.train import evaluate
+
+        _hydra_task("eval", evaluate)
+    elif command == "prepare":
+        from srtlab.data.sources import JsonlSource
+        from srtlab.models.load import BUILTIN_MODELS, prepare_builtin
+
+        for name in BUILTIN_MODELS:
+            print(f"model {name}: {prepare_builtin(name)}")
+        JsonlSource("math500", size=1)
+        print("data math500: ready")
+    elif command == "plot":
+        from srtlab.plot import plot_run
+
+        if not rest:
+            raise SystemExit("usage: python -m srtlab plot RUN_DIR [METRIC ...]")
+        print(plot_run(rest[0], rest[1:] or None))
+    else:
+        raise SystemExit(f"unknown command {command!r}\n\n{USAGE}")
+
+
+if __name__ == "__main__":
+    main()

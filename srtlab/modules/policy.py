@@ -1,0 +1,266 @@
+"""The policy LightningModule: scores rollouts with the trainer's weights and takes one optimizer step.
+
+One training step reads top to bottom (the rollouts and rewards were attached to the batch by the
+rollout callback, see ``srtlab.rollout.callback``):
+
+1. advantages from the mixed rewards, per group (RLOO / GRPO / Dr. GRPO);
+2. for each micro-batch of whole groups: one forward pass of each prompt, its KV cache shared by the
+   G completions (exact gradients, far fewer tokens than G full sequences), then per-token log-probs;
+3. the clipped policy-gradient loss (+ optional k3 KL to the frozen reference), scaled so that the
+   micro-batches add up to the loss of the whole batch, and backward;
+4. gradient clipping, one optimizer step, one scheduler step.
+
+Simplifications, on purpose: one optimizer step per rollout batch (fully on-policy), so the importance
+ratio is 1 and the "old" log-probs are the current ones detached; the clipping therefore only acts
+once several updates per batch are added. Groups whose advantages are all zero (unanimous groups)
+contribute no policy gradient and are skipped in the forward pass unless the KL term needs them;
+they still count in the loss normaliser, so the gradient is unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from srtlab.algorithms.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
+from srtlab.algorithms.losses import AGGREGATIONS, aggregate, kl_k3, masked_mean, policy_gradient_loss
+from srtlab.eval.canonical import cluster_answers
+from srtlab.eval.metrics import aggregate_scores, group_scores
+from srtlab.models.load import LoraSettings, load_model, load_tokenizer
+from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.rollout.hf import left_pad
+from srtlab.types import PromptBatch, RolloutBatch
+
+
+@dataclass
+class AlgorithmSettings:
+    """The RL objective. ``kl_coef=0`` (the default) loads no reference model."""
+
+    advantage: str = "rloo"  # rloo | grpo | dr_grpo
+    loss_agg: str = "token_mean"  # see srtlab.algorithms.losses.AGGREGATIONS
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    kl_coef: float = 0.0
+    max_tokens: int | None = None  # Dr. GRPO's constant normaliser; defaults to max_new_tokens
+
+    def validate(self) -> None:
+        if self.advantage not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"algorithm.advantage={self.advantage!r}; accepted: {', '.join(ADVANTAGE_ESTIMATORS)}")
+        if self.loss_agg not in AGGREGATIONS:
+            raise ValueError(f"algorithm.loss_agg={self.loss_agg!r}; accepted: {', '.join(AGGREGATIONS)}")
+        if self.kl_coef < 0:
+            raise ValueError(f"algorithm.kl_coef={self.kl_coef}; must be >= 0")
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+
+
+def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ids [N, T] and mask [N, T], padded on the right."""
+    width = max(1, max(len(s) for s in seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = True
+    return ids, mask
+
+
+def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], n: int,
+                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of every completion token, with each prompt's forward pass shared by its n completions.
+
+    Returns logits [b*n, T, V] (position t predicts completion token t), the completion ids [b*n, T]
+    and their mask [b*n, T]. The prompt pass keeps its graph, so gradients are exact.
+    """
+    device = next(model.parameters()).device
+    p_ids, p_mask = (t.to(device) for t in left_pad(prompt_ids, pad_id))  # [b, P]
+    p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # [b, P]
+    prompt_out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+                       logits_to_keep=1)  # only the last prompt position predicts a completion token
+    cache = prompt_out.past_key_values
+    cache.batch_repeat_interleave(n)
+    c_ids, c_mask = (t.to(device) for t in right_pad(completion_ids, pad_id))  # [b*n, T]
+    c_pos = p_mask.sum(-1).repeat_interleave(n)[:, None] + torch.arange(c_ids.shape[1], device=device)  # [b*n, T]
+    full_mask = torch.cat([p_mask.repeat_interleave(n, 0), c_mask.long()], dim=1)  # [b*n, P+T]
+    out = model(input_ids=c_ids, attention_mask=full_mask, position_ids=c_pos, past_key_values=cache)
+    first = prompt_out.logits[:, -1:].repeat_interleave(n, 0)  # [b*n, 1, V]: predicts token 0
+    logits = torch.cat([first, out.logits[:, :-1]], dim=1)  # [b*n, T, V]
+    return logits, c_ids, c_mask
+
+
+class PolicyModule(L.LightningModule):
+    """Wraps the policy (and, when KL is on, the frozen reference) and owns loss and optimizer.
+
+    Args:
+        model_path, dtype, lora, trust_remote_code: what to load (see ``srtlab.models.load``).
+        algorithm: the objective; optim: optimizer settings.
+        micro_batch_prompts: prompts (each with its G completions) per forward/backward pass.
+        temperature: the sampling temperature; log-probs are taken of the same tempered distribution.
+    """
+
+    def __init__(self, model_path: str, algorithm: AlgorithmSettings, optim: OptimSettings,
+                 lora: LoraSettings | None = None, dtype: str = "float32", micro_batch_prompts: int = 4,
+                 temperature: float = 1.0, trust_remote_code: bool = False) -> None:
+        super().__init__()
+        algorithm.validate()
+        self.model_path, self.dtype_name, self.lora = model_path, dtype, lora
+        self.algorithm, self.optim = algorithm, optim
+        self.micro_batch_prompts, self.temperature = micro_batch_prompts, temperature or 1.0
+        self.trust_remote_code = trust_remote_code
+        self.automatic_optimization = False
+        self.strict_loading = False  # the reference model is not saved in checkpoints
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        self.model: torch.nn.Module | None = None
+        self.reference: torch.nn.Module | None = None
+        self._gold = GroundTruth()
+        self._val_scores: dict[str, list[dict[str, float]]] = {}
+        self._val_k = 0  # samples per prompt in the last evaluation
+        self.last_val_metrics: dict[str, float] = {}
+        self.last_val_step = -1  # global step of the last evaluation
+
+    # -- building -------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = load_model(self.model_path, self.dtype_name, self.lora, self.trust_remote_code)
+        self.model.train()
+        uses_lora = self.lora is not None and self.lora.r > 0
+        if self.algorithm.kl_coef > 0 and not uses_lora:  # with LoRA the reference is the adapter-off model
+            self.reference = load_model(self.model_path, self.dtype_name, None, self.trust_remote_code)
+            self.reference.eval().requires_grad_(False)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay,
+                                betas=tuple(self.optim.betas))
+        warmup = max(1, self.optim.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+        return [opt], [sched]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch  # prompts are moved to the device as tensors when they are built
+
+    # -- scoring --------------------------------------------------------------------------------
+    def token_logprobs(self, model, prompt_ids, completion_ids, n) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> log-probs [b*n, T] of the sampled tokens, mask [b*n, T], entropy [b*n, T] (detached)."""
+        logits, ids, mask = completion_logits(model, prompt_ids, completion_ids, n, self.tokenizer.pad_token_id)
+        logp_all = torch.log_softmax(logits.float() / self.temperature, dim=-1)  # [b*n, T, V]
+        logp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [b*n, T]
+        with torch.no_grad():
+            entropy = -(logp_all.exp() * logp_all).sum(-1)  # [b*n, T]
+        return logp, mask, entropy
+
+    def reference_logprobs(self, prompt_ids, completion_ids, n) -> torch.Tensor:
+        with torch.no_grad():
+            if self.reference is not None:
+                return self.token_logprobs(self.reference, prompt_ids, completion_ids, n)[0]
+            with self.model.disable_adapter():
+                return self.token_logprobs(self.model, prompt_ids, completion_ids, n)[0]
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:
+        r = batch.rollouts
+        if r is None or r.rewards is None:
+            raise RuntimeError("the batch has no scored rollouts: is RolloutCallback among trainer callbacks?")
+        opt = self.optimizers()
+        opt.zero_grad()
+
+        # 1. advantages, per group
+        adv = compute_advantages(self.algorithm.advantage, r.rewards.to(self.device), r.n)  # [B*G]
+
+        # 2-3. micro-batches of whole groups: shared-prompt forward, loss, backward
+        stats = self.accumulate_gradients(r, adv, self.manual_backward)
+
+        # 4. clip, step
+        if self.optim.grad_clip > 0 and stats["train/active_groups"] > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        self.lr_schedulers().step()
+
+        self.log_dict({**stats, "train/lr": opt.param_groups[0]["lr"]}, on_step=True, batch_size=len(batch))
+        return torch.tensor(stats["train/loss"])
+
+    def accumulate_gradients(self, r: RolloutBatch, adv: torch.Tensor, backward) -> dict[str, float]:
+        """Forward and ``backward(loss)`` over micro-batches of whole groups; returns step metrics.
+
+        Each micro-batch's loss is weighted by its share of the batch's normaliser (tokens for
+        token_mean, sequences otherwise), so the accumulated gradient is that of the whole batch.
+        """
+        algo, n = self.algorithm, r.n
+        lengths = torch.tensor([len(c) for c in r.completion_ids], dtype=torch.float)  # [B*G]
+        total_tokens, total_seqs = float(lengths.sum().clamp(min=1)), float(len(r))
+        max_tokens = algo.max_tokens or int(lengths.max().clamp(min=1))
+        groups = range(len(r.prompts))
+        active = [b for b in groups if algo.kl_coef > 0 or bool(adv[b * n:(b + 1) * n].abs().sum() > 0)]
+        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+        tokens_seen = 0.0
+        for start in range(0, len(active), self.micro_batch_prompts):
+            chunk = active[start:start + self.micro_batch_prompts]
+            rows = [i for b in chunk for i in range(b * n, (b + 1) * n)]
+            p_ids, c_ids = [r.prompt_ids[b] for b in chunk], [r.completion_ids[i] for i in rows]
+            logp, mask, entropy = self.token_logprobs(self.model, p_ids, c_ids, n)  # [b*n, T]
+            loss, m = policy_gradient_loss(logp, logp.detach(), adv[rows], mask, algo.clip_eps,
+                                           algo.clip_eps_high, algo.loss_agg, max_tokens)
+            if algo.kl_coef > 0:
+                kl = kl_k3(logp, self.reference_logprobs(p_ids, c_ids, n))  # [b*n, T]
+                loss = loss + algo.kl_coef * aggregate(kl, mask, algo.loss_agg, max_tokens)
+                sums["kl"] += float(masked_mean(kl.detach(), mask)) * float(mask.sum())
+            tokens = float(mask.sum())
+            share = tokens / total_tokens if algo.loss_agg == "token_mean" else len(rows) / total_seqs
+            backward(loss * share)
+            sums["loss"] += float(loss.detach()) * share
+            sums["entropy"] += float(masked_mean(entropy, mask)) * tokens
+            sums["clip_fraction"] += float(m["clip_fraction"]) * tokens
+            tokens_seen += tokens
+        stats = {"train/loss": sums["loss"], "train/response_length": float(lengths.mean()),
+                 "train/active_groups": len(active) / max(1, len(groups))}
+        if tokens_seen:
+            stats["train/entropy"] = sums["entropy"] / tokens_seen
+            stats["train/clip_fraction"] = sums["clip_fraction"] / tokens_seen
+            if algo.kl_coef > 0:
+                stats["train/kl"] = sums["kl"] / tokens_seen
+        return stats
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_scores = {}
+
+    def validation_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        r = batch.rollouts
+        if r is None:
+            raise RuntimeError("the batch has no rollouts: is RolloutCallback among trainer callbacks?")
+        self._val_k = r.n
+        correct = self._gold(r).rewards  # [B*G], NaN where a prompt has no gold answer
+        for b, rows in enumerate(r.groups()):
+            if torch.isnan(correct[rows.start]):
+                continue
+            answers = [r.answers[i] for i in rows]
+            clusters = cluster_answers(answers, r.prompts[b].answer_kind)
+            scores = group_scores([bool(correct[i] > 0.5) for i in rows], clusters)
+            scores["answer_rate"] = sum(a is not None for a in answers) / len(answers)
+            self._val_scores.setdefault(batch.source, []).append(scores)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {}
+        for name, rows in self._val_scores.items():
+            agg, k = aggregate_scores(rows), self._val_k
+            metrics.update({f"val/{name}/mean@{k}": agg["mean"], f"val/{name}/maj@{k}": agg["maj"],
+                            f"val/{name}/pass@{k}": agg["pass"], f"val/{name}/answer_rate": agg["answer_rate"]})
+        self.last_val_metrics = metrics
+        self.last_val_step = self.global_step
+        if metrics:
+            self.log_dict(metrics, add_dataloader_idx=False)

@@ -1,0 +1,91 @@
+"""The rollout callback: generates and scores completions for every batch, and syncs weights.
+
+Before each training step it samples G completions per prompt with the engine, scores them with the
+reward mix, and attaches the result to the batch; after each optimizer step it sends the new weights
+to the engine (a no-op when the engine shares the policy in process). Before each evaluation batch it
+samples k completions per held-out prompt. Sampling seeds are a function of (seed, step), so a
+resumed run samples exactly what an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+from srtlab.rewards.mix import RewardMix
+from srtlab.rollout.engine import RolloutEngine, SamplingSettings
+from srtlab.types import PromptBatch
+
+VAL_SEED_OFFSET = 7_919  # evaluation samples use other seeds than training samples
+
+
+class RolloutCallback(L.Callback):
+    """Feeds the policy module with scored rollouts.
+
+    Args:
+        engine: a factory ``(model, tokenizer) -> RolloutEngine`` (Hydra ``_partial_``), built on first use,
+            once the policy module has loaded its model.
+        reward: the reward mix.
+        n: samples per training prompt (G).
+        sampling: training sampling settings.
+        val_n: samples per held-out prompt (k of mean@k, maj@k, pass@k).
+        val_sampling: evaluation sampling settings.
+        seed: the run seed.
+    """
+
+    def __init__(self, engine: Callable[..., RolloutEngine], reward: RewardMix, n: int, sampling: SamplingSettings,
+                 val_n: int, val_sampling: SamplingSettings, seed: int = 0) -> None:
+        sampling.validate()
+        val_sampling.validate()
+        self.make_engine, self.reward = engine, reward
+        self.n, self.sampling, self.val_n, self.val_sampling, self.seed = n, sampling, val_n, val_sampling, seed
+        self.engine: RolloutEngine | None = None
+
+    def _engine(self, pl_module: L.LightningModule) -> RolloutEngine:
+        if self.engine is None:
+            self.engine = self.make_engine(model=pl_module.model, tokenizer=pl_module.tokenizer)
+        return self.engine
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: PromptBatch,
+                             batch_idx: int) -> None:
+        engine = self._engine(pl_module)
+        t0 = time.perf_counter()
+        rollouts = engine.generate(batch.prompts, self.n, self.sampling, seed=self.seed * 1_000_003 + batch.step)
+        t1 = time.perf_counter()
+        scored = self.reward(rollouts)
+        t2 = time.perf_counter()
+        rollouts.rewards = scored.rewards
+        rollouts.metrics = {f"train/{k}": v for k, v in scored.metrics.items()}
+        batch.rollouts = rollouts
+        tokens = sum(len(c) for c in rollouts.completion_ids)
+        self._t_step_start, self._t_train_start = t0, t2
+        pl_module.log_dict({**rollouts.metrics, "time/generate": t1 - t0, "time/reward": t2 - t1,
+                            "perf/tokens_per_s": tokens / max(t1 - t0, 1e-9),
+                            "train/truncated": rollouts.finish_reasons.count("length") / len(rollouts)},
+                           on_step=True, batch_size=len(batch))
+        if "train/reward/mixed" in rollouts.metrics:
+            pl_module.log("reward", rollouts.metrics["train/reward/mixed"], prog_bar=True, on_step=True,
+                          logger=False, batch_size=len(batch))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: PromptBatch,
+                           batch_idx: int) -> None:
+        t0 = time.perf_counter()
+        engine = self._engine(pl_module)
+        engine.load_weights((name, t.detach()) for name, t in pl_module.model.state_dict().items())
+        t1 = time.perf_counter()
+        step_time = t1 - self._t_step_start
+        pl_module.log_dict({"time/train": t0 - self._t_train_start, "time/sync": t1 - t0},
+                           on_step=True, batch_size=len(batch))
+        pl_module.log("step_s", step_time, prog_bar=True,
+                      on_step=True, logger=False, batch_size=len(batch))
+        batch.rollouts = None  # free the rollouts; the next batch gets its own
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: PromptBatch,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        engine = self._engine(pl_module)
+        seed = (self.seed + VAL_SEED_OFFSET) * 1_000_003 + batch.step + 10_007 * dataloader_idx
+        with torch.no_grad():
+            batch.rollouts = engine.generate(batch.prompts, self.val_n, self.val_sampling, seed=seed)

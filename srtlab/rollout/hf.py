@@ -1,0 +1,159 @@
+"""Hugging Face ``generate`` engine, sharing the policy's own model object in process (no copy).
+
+By default the engine samples with the policy module itself. With ``dtype="bfloat16"`` it keeps a
+bf16 copy of the policy for sampling instead (measured on a 2-core AVX512-BF16 CPU: bf16 matmuls 3.4x
+faster) and receives the new weights tensor by tensor after each optimizer step, as vLLM does. The
+trainer then scores the samples with its own fp32 weights, as with any separate inference engine.
+
+The prompt is prefilled once per prompt and its KV cache copied G times, instead of prefilling the
+same prompt G times (what ``num_return_sequences`` does); the completions are then sampled by
+``model.generate`` continuing from that cache. The last prompt token is left out of the prefill so
+that ``generate`` has one new token to start from.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from srtlab.eval.extract import extract_answer
+from srtlab.rollout.engine import SamplingSettings
+from srtlab.types import Prompt, RolloutBatch
+
+
+def render_prompts(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
+    """Chat-template each prompt and tokenize it (no padding)."""
+    ids = []
+    for p in prompts:
+        text = tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False)
+        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ids [N, L] and attention mask [N, L], padded on the left."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+class HFEngine:
+    """Samples with ``transformers`` ``generate`` on the policy model itself.
+
+    Args:
+        model: the policy (a ``PreTrainedModel`` or a peft model), shared, not copied.
+        tokenizer: its tokenizer.
+        answer_style: how answers are extracted from completions (see ``srtlab.eval.extract``).
+        prompts_per_call: prompts generated together in one ``generate`` call (memory bound).
+        share_prefill: prefill each prompt once and copy its cache to the G samples.
+        dtype: None to sample with the policy itself, or a dtype name for a separate sampling copy.
+    """
+
+    def __init__(self, model, tokenizer, answer_style: str = "auto", prompts_per_call: int = 8,
+                 share_prefill: bool = True, dtype: str | None = None) -> None:
+        self.policy = model
+        self.model = model
+        if dtype is not None and getattr(torch, dtype) != next(model.parameters()).dtype:
+            self.model = copy.deepcopy(model).to(getattr(torch, dtype)).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.answer_style = answer_style
+        self.prompts_per_call = prompts_per_call
+        self.share_prefill = share_prefill
+
+    def generate(self, prompts: list[Prompt], n: int, sampling: SamplingSettings, seed: int) -> RolloutBatch:
+        prompt_ids = render_prompts(self.tokenizer, prompts)
+        completions: list[list[int]] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(prompts), self.prompts_per_call):
+                chunk = prompt_ids[start:start + self.prompts_per_call]
+                # One RNG stream per (seed, chunk): reproducible whatever ran before.
+                torch.manual_seed(seed * 100_003 + start)
+                completions += self._generate_chunk(chunk, n, sampling)
+        finally:
+            self.model.train(was_training)
+        eos = set(self._eos_ids())
+        texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
+        return RolloutBatch(
+            prompts=list(prompts), n=n, prompt_ids=prompt_ids, completion_ids=completions, texts=texts,
+            answers=[extract_answer(t, self.answer_style) for t in texts],
+            finish_reasons=["stop" if c and c[-1] in eos else "length" for c in completions],
+        )
+
+    @torch.no_grad()
+    def _generate_chunk(self, prompt_ids: list[list[int]], n: int, s: SamplingSettings) -> list[list[int]]:
+        pad = self.tokenizer.pad_token_id
+        ids, mask = left_pad(prompt_ids, pad)  # [b, P]
+        ids_n, mask_n = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)  # [b*n, P]
+        # A preallocated cache: DynamicCache concatenates every layer's keys at every step, which
+        # measured as 80% of a CPU decode step at batch 64.
+        cache = StaticCache(config=self._config(), max_cache_len=ids.shape[1] + s.max_new_tokens)
+        if self.share_prefill and ids.shape[1] > 1:
+            prefill = DynamicCache(config=self._config())
+            positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
+            self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
+                       past_key_values=prefill, use_cache=True, logits_to_keep=1)
+            for static, layer in zip(cache.layers, prefill.layers):  # copy the prompt's cache G times
+                static.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0))
+            del prefill
+        greedy = s.temperature == 0
+        out = self.model.generate(
+            input_ids=ids_n, attention_mask=mask_n, do_sample=not greedy,
+            temperature=None if greedy else s.temperature, top_p=None if greedy else s.top_p,
+            top_k=None if greedy or not s.top_k else s.top_k, max_new_tokens=s.max_new_tokens,
+            eos_token_id=self._eos_ids(), pad_token_id=pad,
+            stop_strings=s.stop or None, tokenizer=self.tokenizer if s.stop else None,
+            past_key_values=cache,
+        )
+        return [self._trim(row.tolist()) for row in out[:, ids.shape[1]:]]
+
+    def _trim(self, tokens: list[int]) -> list[int]:
+        """Cut a completion after its first eos (``generate`` pads finished rows)."""
+        eos = set(self._eos_ids())
+        for i, t in enumerate(tokens):
+            if t in eos:
+                return tokens[: i + 1]
+        return tokens
+
+    def _eos_ids(self) -> list[int]:
+        eos = self._generation_config().eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+    def _config(self):
+        return self.model.config
+
+    def _generation_config(self):
+        return self.model.generation_config
+
+    @property
+    def shares_policy(self) -> bool:
+        """True when sampling uses the policy module itself (nothing to sync)."""
+        return self.model is self.policy
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy new weights into the sampling copy, one tensor at a time (no-op when shared)."""
+        if self.shares_policy:
+            return
+        own = self.model.state_dict()
+        for name, tensor in named_tensors:
+            own[name].copy_(tensor)
+
+    # Nothing to free or restore in process.
+
+    def sleep(self) -> None:
+        return None
+
+    def wake(self) -> None:
+        return None

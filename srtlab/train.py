@@ -1,0 +1,168 @@
+"""The tasks behind the command line: ``fit`` and ``eval``. The only place that reads the config.
+
+``check_config`` validates everything that can be checked without loading a model, so a typo fails
+in a second with a message naming the key. ``build`` instantiates the objects from their ``_target_``s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from srtlab.data.sources import check_task
+from srtlab.models.load import check_model_path
+from srtlab.rollout.callback import RolloutCallback
+
+log = logging.getLogger(__name__)
+
+
+# -- run folders ------------------------------------------------------------------------------------
+def run_dir_resolver(base: str, resume: Any, ckpt_path: Any) -> str:
+    """``run_dir``: the checkpoint's run (ckpt_path), the newest resumable run (resume=true), or a new one."""
+    if ckpt_path not in (None, "null", "None", ""):
+        ckpt = Path(str(ckpt_path))
+        return str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
+    if str(resume).lower() == "true":
+        runs = sorted(p.parent.parent for p in Path(base).glob("*/checkpoints/last.ckpt"))
+        if not runs:
+            raise FileNotFoundError(f"resume=true but no run under {base}/ has checkpoints/last.ckpt; "
+                                    "start a run without resume, or pass ckpt_path=<file>")
+        return str(runs[-1])
+    return str(Path(base) / datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("srtlab_run_dir"):
+        OmegaConf.register_new_resolver("srtlab_run_dir", run_dir_resolver, use_cache=True)
+
+
+# -- validation -------------------------------------------------------------------------------------
+def check_config(cfg: DictConfig) -> None:
+    """Fail before any model loads, naming the bad key and what would be accepted."""
+    check_model_path(cfg.model.path)
+    task_config = cfg.data.task_config
+    if task_config is None:
+        task_config = (cfg.data.get("presets") or {}).get(cfg.data.task, {})
+    check_task(cfg.data.task, dict(task_config))
+    if cfg.rollout.n < 2:
+        raise ValueError(f"rollout.n={cfg.rollout.n}; group advantages (and the vote) need at least 2 "
+                         "samples per prompt")
+    if cfg.rollout.val_n < 1:
+        raise ValueError(f"rollout.val_n={cfg.rollout.val_n}; must be >= 1")
+    weights, sources = dict(cfg.reward.weights), set(cfg.reward.sources)
+    if set(weights) != sources:
+        raise ValueError(f"reward.weights keys {sorted(weights)} must match reward.sources {sorted(sources)}")
+    instantiate(cfg.algorithm).validate()
+    instantiate(cfg.rollout.sampling).validate()
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and not Path(ckpt).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt!r} does not exist")
+
+
+# -- building ---------------------------------------------------------------------------------------
+def build(cfg: DictConfig, with_checkpoints: bool = True):
+    """-> (module, datamodule, trainer) from the config."""
+    from srtlab.modules.policy import PolicyModule
+
+    run_dir = Path(cfg.run_dir)
+    module = PolicyModule(
+        model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
+        trust_remote_code=cfg.model.trust_remote_code, algorithm=instantiate(cfg.algorithm),
+        optim=instantiate(cfg.optim), micro_batch_prompts=cfg.micro_batch_prompts,
+        temperature=cfg.rollout.sampling.temperature)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    rollouts = RolloutCallback(
+        engine=instantiate(cfg.rollout.engine), reward=instantiate(cfg.reward, _convert_="all"), n=cfg.rollout.n,
+        sampling=instantiate(cfg.rollout.sampling), val_n=cfg.rollout.val_n,
+        val_sampling=instantiate(cfg.rollout.val_sampling), seed=cfg.seed)
+    callbacks: list[L.Callback] = [rollouts]
+    if with_checkpoints:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}",
+                                         auto_insert_metric_name=False, every_n_train_steps=cfg.checkpoint_every,
+                                         save_top_k=1, save_last=True))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    return module, datamodule, trainer
+
+
+# Lightning notes that are expected here: the run folder exists (it holds the config), the
+# module moves its own batches, and the prompt stream is endless by design.
+_QUIET = ["Experiment logs directory .* exists", "You have overridden `transfer_batch_to_device`",
+          ".*LeafSpec.*", "Using ModelCheckpoint with manual optimization", ".*does not have many workers.*",
+          "Your `IterableDataset` has `__len__` defined"]
+
+
+def _setup(cfg: DictConfig) -> Path:
+    for pattern in _QUIET:
+        warnings.filterwarnings("ignore", message=pattern)
+    check_config(cfg)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return run_dir
+
+
+def _val_metrics(trainer: L.Trainer, module) -> dict[str, float]:
+    return {k: float(v) for k, v in module.last_val_metrics.items()}
+
+
+def format_table(before: dict[str, float], after: dict[str, float]) -> str:
+    keys = sorted(set(before) | set(after))
+    width = max([len(k) for k in keys] + [6])
+    lines = [f"{'metric'.ljust(width)}  before   after   change", "-" * (width + 26)]
+    for k in keys:
+        b, a = before.get(k), after.get(k)
+        fmt = lambda x: "   -  " if x is None else f"{x:6.3f}"
+        delta = "" if a is None or b is None else f"{a - b:+7.3f}"
+        lines.append(f"{k.ljust(width)}  {fmt(b)}  {fmt(a)}  {delta}")
+    return "\n".join(lines)
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+def fit(cfg: DictConfig) -> dict[str, Any]:
+    """Train with self-reward; evaluate before and after; print and save the before/after table."""
+    run_dir = _setup(cfg)
+    ckpt = cfg.ckpt_path or (str(run_dir / "checkpoints" / "last.ckpt") if cfg.resume else None)
+    module, datamodule, trainer = build(cfg)
+    results_file = run_dir / "results.json"
+    results = json.loads(results_file.read_text()) if ckpt and results_file.exists() else {}
+    start = time.time()
+    if cfg.eval_before and "before" not in results:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        results["before"] = _val_metrics(trainer, module)
+        results_file.write_text(json.dumps(results, indent=2))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    if cfg.eval_after:
+        if module.last_val_step != trainer.global_step:  # the last step may have evaluated already
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+        results["after"] = _val_metrics(trainer, module)
+    results["steps"] = trainer.global_step
+    results["wall_s_this_process"] = round(time.time() - start, 1)
+    results_file.write_text(json.dumps(results, indent=2))
+    print(f"\nrun folder: {run_dir}\n" + format_table(results.get("before", {}), results.get("after", {})))
+    return results
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``model.path`` or a fit checkpoint (``ckpt_path``) on the held-out sets."""
+    run_dir = _setup(cfg)
+    module, datamodule, trainer = build(cfg, with_checkpoints=False)
+    trainer.validate(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
+    metrics = _val_metrics(trainer, module)
+    (run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
+    print(f"\nrun folder: {run_dir}\n" + "\n".join(f"{k:32s} {v:.3f}" for k, v in sorted(metrics.items())))
+    return metrics

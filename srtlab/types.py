@@ -1,0 +1,79 @@
+"""The typed objects that pass between the stages of the loop (see docs/design.md).
+
+prompts (data/) -> RolloutBatch (rollout/) -> RewardOutput (rewards/) -> advantages, loss (algorithms/)
+
+B is the number of prompts in a batch, G the number of samples per prompt (``rollout.n``).
+Completions are stored group-major: completion ``i`` belongs to prompt ``i // G``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Prompt:
+    """One question, as the policy sees it, with its gold answer kept aside for monitoring."""
+
+    id: str  # stable across runs: "<task>/<split>/<index>"
+    messages: list[dict[str, str]]  # chat messages, rendered with the tokenizer's chat template
+    task: str  # reasoning-gym task name, or the name of a jsonl source
+    answer_kind: str = "text"  # "text": reasoning-gym scorer and string normalisation; "math": math-verify
+    level: int = 0  # curriculum level (0 when there is no curriculum)
+    answer: str | None = None  # gold answer, or None; only ground-truth rewards and monitors read it
+    metadata: dict[str, Any] = field(default_factory=dict)  # reasoning-gym: {"entry": <the task's item>}
+
+
+@dataclass
+class PromptBatch:
+    """What the datamodule yields; the rollout callback fills ``rollouts`` before the module's step."""
+
+    prompts: list[Prompt]
+    step: int = 0  # the global step this batch was drawn for (train) or the batch index (val)
+    source: str = "train"  # "train" or the name of the held-out set the prompts come from
+    rollouts: RolloutBatch | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class RolloutBatch:
+    """B*G sampled completions of B prompts, in group-major order."""
+
+    prompts: list[Prompt]  # B
+    n: int  # G, samples per prompt
+    prompt_ids: list[list[int]]  # B token id lists (chat template applied, no padding)
+    completion_ids: list[list[int]]  # B*G token id lists, without padding, eos included if emitted
+    texts: list[str]  # B*G decoded completions (special tokens removed)
+    answers: list[str | None]  # B*G extracted answers, None when none could be read
+    finish_reasons: list[str]  # B*G "stop" or "length"
+    sampler_logprobs: list[list[float]] | None = None  # B*G per-token log-probs reported by the engine
+    rewards: torch.Tensor | None = None  # [B*G] float, filled by the reward mix
+    metrics: dict[str, float] = field(default_factory=dict)  # per-stage metrics to log
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+    @property
+    def group_index(self) -> torch.Tensor:
+        """[B*G] long: the prompt index of every completion."""
+        return torch.arange(len(self.prompts)).repeat_interleave(self.n)
+
+    def groups(self) -> list[range]:
+        """Completion index ranges, one per prompt."""
+        return [range(b * self.n, (b + 1) * self.n) for b in range(len(self.prompts))]
+
+    def prompt_of(self, i: int) -> Prompt:
+        return self.prompts[i // self.n]
+
+
+@dataclass
+class RewardOutput:
+    """What a reward source returns for a whole RolloutBatch."""
+
+    rewards: torch.Tensor  # [B*G] float; NaN means "no opinion" about that completion
+    metrics: dict[str, float] = field(default_factory=dict)  # extra source-specific metrics

@@ -1,0 +1,93 @@
+"""Gold-answer reward: a reasoning-gym item, a math prompt, a text prompt and a prompt without gold."""
+
+import math
+
+import pytest
+import reasoning_gym
+import torch
+
+from srtlab.rewards import ground_truth
+from srtlab.rewards.ground_truth import GroundTruth, is_correct
+from srtlab.types import Prompt, RolloutBatch
+
+NAN = math.nan
+
+
+def make_batch(prompts: list[Prompt], answers: list[str | None]) -> RolloutBatch:
+    """A RolloutBatch with fake token ids; only the answers matter to the reward."""
+    n = len(answers) // len(prompts)
+    return RolloutBatch(
+        prompts=prompts,
+        n=n,
+        prompt_ids=[[1, 2, 3] for _ in prompts],
+        completion_ids=[[4, 5] for _ in answers],
+        texts=["..." for _ in answers],
+        answers=answers,
+        finish_reasons=["stop"] * len(answers),
+    )
+
+
+@pytest.fixture(scope="module")
+def letter_prompt() -> Prompt:
+    item = reasoning_gym.create_dataset("letter_counting", min_words=1, max_words=3, size=5, seed=1)[0]
+    assert item["answer"] == "1"  # 'How many times does the letter "h" appear in the text: "hundred"?'
+    messages = [{"role": "user", "content": item["question"]}]
+    return Prompt(
+        id="letter_counting/train/0",
+        messages=messages,
+        task="letter_counting",
+        answer=item["answer"],
+        metadata={"entry": item},
+    )
+
+
+def math_prompt(answer: str | None = r"\frac{1}{2}") -> Prompt:
+    return Prompt(id="math/test/0", messages=[], task="math", answer_kind="math", answer=answer)
+
+
+def test_reasoning_gym_scorer(letter_prompt: Prompt) -> None:
+    assert is_correct("1", letter_prompt)
+    assert is_correct(" 01 ", letter_prompt)  # raw " 01 " gets partial credit 1/4; normalised "1" scores 1.0
+    assert not is_correct("2", letter_prompt)
+    assert not is_correct("it is 1", letter_prompt)  # partial credit is not correct
+    assert not is_correct(None, letter_prompt)
+
+
+def test_math_prompt() -> None:
+    assert is_correct("0.5", math_prompt())
+    assert is_correct("1/2", math_prompt())
+    assert not is_correct("2", math_prompt())
+
+
+def test_text_prompt_without_entry_uses_normalised_equality() -> None:
+    capital = Prompt(id="geo/0", messages=[], task="geo", answer="Paris")
+    assert is_correct(" paris. ", capital)
+    assert not is_correct("Lyon", capital)
+
+
+def test_ground_truth_rewards_by_hand(letter_prompt: Prompt) -> None:
+    batch = make_batch(
+        [letter_prompt, math_prompt(), math_prompt(answer=None)],
+        ["1", "2", None, "0.5", r"\frac{2}{4}", "3", "1/2", "1/2", "1/2"],
+    )
+    out = GroundTruth()(batch)
+    expected = torch.tensor([1, 0, 0, 1, 1, 0, NAN, NAN, NAN])
+    torch.testing.assert_close(out.rewards, expected, equal_nan=True)
+    assert out.rewards.dtype == torch.float32
+    assert GroundTruth.name == "ground_truth"
+
+
+def test_scorer_is_built_once_per_task(letter_prompt: Prompt, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = reasoning_gym.get_score_answer_fn
+
+    def counting(name: str) -> ground_truth.Scorer:
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(ground_truth.reasoning_gym, "get_score_answer_fn", counting)
+    source = GroundTruth()
+    batch = make_batch([letter_prompt, letter_prompt], ["1", "3", "1", "1"])
+    source(batch)
+    source(batch)
+    assert calls == ["letter_counting"]

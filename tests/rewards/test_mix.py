@@ -1,0 +1,135 @@
+"""The reward mix: NaN handling, weights, abstention, and every metric worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.rewards.mix import RewardMix
+from srtlab.rewards.vote import MajorityVote
+from srtlab.types import Prompt, RewardOutput, RolloutBatch
+
+NAN = math.nan
+
+
+class Fixed:
+    """A reward source that returns fixed rewards, standing in for a judge."""
+
+    name = "judge"
+
+    def __init__(self, rewards: list[float]) -> None:
+        self.rewards = rewards
+
+    def __call__(self, rollouts: RolloutBatch) -> RewardOutput:
+        return RewardOutput(torch.tensor(self.rewards, dtype=torch.float32), {"calls": 1.0})
+
+
+def make_batch(prompts: list[Prompt], answers: list[str | None]) -> RolloutBatch:
+    """A RolloutBatch with fake token ids; only the answers matter to the reward."""
+    n = len(answers) // len(prompts)
+    return RolloutBatch(
+        prompts=prompts,
+        n=n,
+        prompt_ids=[[1, 2, 3] for _ in prompts],
+        completion_ids=[[4, 5] for _ in answers],
+        texts=["..." for _ in answers],
+        answers=answers,
+        finish_reasons=["stop"] * len(answers),
+    )
+
+
+def small_batch() -> RolloutBatch:
+    """B=3, G=4.
+
+    group 0 (text, gold "3"):  3, 3, 4, -    clusters 0,0,1,-  majority "3" (2/4)  vote 1,1,0,0  gold 1,1,0,0
+    group 1 (math, gold "2"):  0.5, 2, 2, \\frac{1}{2}  tie 2-2 -> first, "0.5" (2/4)  vote 1,0,0,1  gold 0,1,1,0
+    group 2 (text, no gold):   -, -, -, -    abstains          vote NaN x4       gold NaN x4
+    """
+    prompts = [
+        Prompt(id="a/0", messages=[], task="a", answer="3"),
+        Prompt(id="m/0", messages=[], task="m", answer_kind="math", answer="2"),
+        Prompt(id="a/1", messages=[], task="a"),
+    ]
+    answers = ["3", "3", "4", None, "0.5", "2", "2", r"\frac{1}{2}", None, None, None, None]
+    return make_batch(prompts, answers)
+
+
+JUDGE = [1, 1, 1, 0, NAN, NAN, NAN, NAN, NAN, 1, NAN, NAN]
+
+
+def test_mix_rewards_and_metrics_by_hand() -> None:
+    mix = RewardMix(
+        {"vote": MajorityVote(), "judge": Fixed(JUDGE), "ground_truth": GroundTruth()},
+        {"vote": 1.0, "judge": 0.5, "ground_truth": 0.0},
+        abstain_value=-1.0,
+    )
+    out = mix(small_batch())
+    # vote*1 + judge*0.5 over the non-NaN ones; index 9 has only the judge; 8, 10, 11 have nobody
+    expected = [1.5, 1.5, 0.5, 0.0, 1.0, 0.0, 0.0, 1.0, -1.0, 0.5, -1.0, -1.0]
+    torch.testing.assert_close(out.rewards, torch.tensor(expected, dtype=torch.float32))
+    assert out.metrics == pytest.approx(
+        {
+            "reward/vote": 4 / 8,
+            "reward/judge": 4 / 5,
+            "reward/ground_truth": 4 / 8,
+            "reward/mixed": 3.0 / 12,
+            "agreement/vote": 4 / 8,  # group 0 agrees everywhere, group 1 nowhere
+            "agreement/judge": 3 / 4,  # indices 0..3 (index 9 has no gold): 1=1, 1=1, 1!=0, 0=0
+            "majority_share": (0.5 + 0.5 + 0.0) / 3,
+            "answer_rate": 7 / 12,
+            "gt_accuracy": 4 / 8,
+            "label_accuracy": 1 / 2,  # group 0's "3" is right, group 1's "0.5" wrong, group 2 has no gold
+            "vote/majority_share": 1 / 3,
+            "vote/abstain_rate": 1 / 3,
+            "judge/calls": 1.0,
+        }
+    )
+    assert not torch.isnan(out.rewards).any()
+
+
+def test_gold_monitor_is_added_when_not_a_source() -> None:
+    mix = RewardMix({"vote": MajorityVote()}, {"vote": 1.0})
+    out = mix(small_batch())
+    torch.testing.assert_close(out.rewards, torch.tensor([1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0], dtype=torch.float32))
+    assert out.metrics["reward/ground_truth"] == pytest.approx(0.5)
+    assert out.metrics["gt_accuracy"] == pytest.approx(0.5)
+    assert out.metrics["agreement/vote"] == pytest.approx(0.5)
+    assert "agreement/ground_truth" not in out.metrics
+
+
+def test_gold_source_is_reused_as_the_monitor() -> None:
+    gold = GroundTruth()
+    mix = RewardMix({"gt": gold, "judge": Fixed(JUDGE)}, {"gt": 1.0, "judge": 0.0})
+    assert mix.gold is gold
+    out = mix(small_batch())
+    # supervised reward; group 2 has no gold and the judge's weight is 0, so it gets abstain_value 0
+    torch.testing.assert_close(out.rewards, torch.tensor([1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0], dtype=torch.float32))
+    assert "reward/ground_truth" not in out.metrics and out.metrics["reward/gt"] == pytest.approx(0.5)
+    # vote is no source, yet the monitors are still computed
+    assert out.metrics["majority_share"] == pytest.approx(1 / 3)
+    assert out.metrics["label_accuracy"] == pytest.approx(0.5)
+
+
+def test_vote_clusters_once_per_call() -> None:
+    class NoDirectCall(MajorityVote):
+        def __call__(self, rollouts: RolloutBatch) -> RewardOutput:
+            raise AssertionError("the mix should reuse its own clustering")
+
+    out = RewardMix({"vote": NoDirectCall()}, {"vote": 1.0})(small_batch())
+    assert out.metrics["vote/abstain_rate"] == pytest.approx(1 / 3)
+
+
+def test_weights_must_match_sources() -> None:
+    with pytest.raises(ValueError, match="judge"):
+        RewardMix({"vote": MajorityVote()}, {"vote": 1.0, "judge": 1.0})
+
+
+def test_some_weight_must_be_non_zero() -> None:
+    with pytest.raises(ValueError, match="non-zero"):
+        RewardMix({"vote": MajorityVote()}, {"vote": 0.0})
+
+
+def test_wrong_reward_shape_names_the_source() -> None:
+    with pytest.raises(ValueError, match="'judge'"):
+        RewardMix({"judge": Fixed([1.0, 0.0])}, {"judge": 1.0})(small_batch())
