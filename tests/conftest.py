@@ -108,3 +108,13 @@ class LengthParity:
 
 PARITY_REWARD = ["~reward.sources.vote", "~reward.weights.vote", "+reward.sources.parity._target_=conftest.LengthParity",
                  "+reward.weights.parity=1.0"]
+
+
+def make_batch(prompts, answers):
+    """A RolloutBatch with fake token ids; only the answers matter to the rewards."""
+    from srtlab.types import RolloutBatch
+
+    return RolloutBatch(prompts=prompts, n=len(answers) // len(prompts), prompt_ids=[[1, 2, 3] for _ in prompts],
+                        completion_ids=[[4, 5] for _ in answers],
+                        texts=[f"Answer: {a}" if a is not None else "..." for a in answers], answers=answers,
+                        finish_reasons=["stop"] * len(answers))

@@ -79,3 +79,10 @@ def test_eval_of_a_checkpoint(tiny_cfg, tmp_path):
     metrics = evaluate(tiny_cfg(f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", name="eval",
                                 run_dir=tmp_path / "eval"))
     assert "val/letter_counting/mean@2" in metrics
+
+
+def test_wandb_logger_works_offline(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    fit(tiny_cfg("logger=wandb", "eval_before=false", "trainer.max_steps=1", run_dir=run))
+    assert list((run / "wandb").glob("offline-run-*"))

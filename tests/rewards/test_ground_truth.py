@@ -8,23 +8,12 @@ import torch
 
 from srtlab.rewards import ground_truth
 from srtlab.rewards.ground_truth import GroundTruth, is_correct
-from srtlab.types import Prompt, RolloutBatch
+from conftest import make_batch
+from srtlab.types import Prompt
 
 NAN = math.nan
 
 
-def make_batch(prompts: list[Prompt], answers: list[str | None]) -> RolloutBatch:
-    """A RolloutBatch with fake token ids; only the answers matter to the reward."""
-    n = len(answers) // len(prompts)
-    return RolloutBatch(
-        prompts=prompts,
-        n=n,
-        prompt_ids=[[1, 2, 3] for _ in prompts],
-        completion_ids=[[4, 5] for _ in answers],
-        texts=["..." for _ in answers],
-        answers=answers,
-        finish_reasons=["stop"] * len(answers),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import torch
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.rewards.mix import RewardMix
 from srtlab.rewards.vote import MajorityVote
+from conftest import make_batch
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 
 NAN = math.nan
@@ -25,18 +26,6 @@ class Fixed:
         return RewardOutput(torch.tensor(self.rewards, dtype=torch.float32), {"calls": 1.0})
 
 
-def make_batch(prompts: list[Prompt], answers: list[str | None]) -> RolloutBatch:
-    """A RolloutBatch with fake token ids; only the answers matter to the reward."""
-    n = len(answers) // len(prompts)
-    return RolloutBatch(
-        prompts=prompts,
-        n=n,
-        prompt_ids=[[1, 2, 3] for _ in prompts],
-        completion_ids=[[4, 5] for _ in answers],
-        texts=["..." for _ in answers],
-        answers=answers,
-        finish_reasons=["stop"] * len(answers),
-    )
 
 
 def small_batch() -> RolloutBatch:

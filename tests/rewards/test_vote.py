@@ -7,23 +7,12 @@ import torch
 
 from srtlab.rewards.base import RewardSource
 from srtlab.rewards.vote import MajorityVote, vote_groups
-from srtlab.types import Prompt, RolloutBatch
+from conftest import make_batch
+from srtlab.types import Prompt
 
 NAN = math.nan
 
 
-def make_batch(prompts: list[Prompt], answers: list[str | None]) -> RolloutBatch:
-    """A RolloutBatch with fake token ids; only the answers matter to the reward."""
-    n = len(answers) // len(prompts)
-    return RolloutBatch(
-        prompts=prompts,
-        n=n,
-        prompt_ids=[[1, 2, 3] for _ in prompts],
-        completion_ids=[[4, 5] for _ in answers],
-        texts=[f"Answer: {a}" if a is not None else "..." for a in answers],
-        answers=answers,
-        finish_reasons=["stop"] * len(answers),
-    )
 
 
 def prompt(i: int, kind: str = "text") -> Prompt:

@@ -1,0 +1,97 @@
+"""Benchmark one SRT step by stage: generate, reward, train (forward+backward+optimizer), sync.
+
+Prints per-stage seconds (median over steps), generation tokens/s and peak memory for the default
+step (8 prompts x 8 samples on SmolLM2-135M, CPU). Any fit override can follow, e.g.
+
+    python experiments/bench_step.py --steps 5 rollout.engine.dtype=null trainer.precision=32-true
+    python experiments/bench_step.py rollout.engine.share_prefill=false
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from srtlab.algorithms.advantages import compute_advantages
+from srtlab.modules.policy import PolicyModule
+from srtlab.train import register_resolvers
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4, help="measured steps (after one warm-up step)")
+    parser.add_argument("--real-rewards", action="store_true",
+                        help="train on the real rewards (unanimous groups are skipped, so steps get cheaper as the "
+                             "model sharpens); by default rewards alternate 0/1 so every step trains all groups")
+    parser.add_argument("overrides", nargs="*", help="fit config overrides")
+    args = parser.parse_args()
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *args.overrides])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    module = PolicyModule(model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
+                          algorithm=instantiate(cfg.algorithm), optim=instantiate(cfg.optim),
+                          micro_batch_prompts=cfg.micro_batch_prompts, temperature=cfg.rollout.sampling.temperature)
+    module.configure_model()
+    opt = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=cfg.optim.lr)
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup()
+    engine = instantiate(cfg.rollout.engine)(model=module.model, tokenizer=module.tokenizer)
+    reward = instantiate(cfg.reward, _convert_="all")
+    sampling = instantiate(cfg.rollout.sampling)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if str(cfg.trainer.precision).startswith("bf16")
+                else contextlib.nullcontext())
+    stream = iter(instantiate({"_target_": "srtlab.data.datamodule.PromptStream", "prompts": dm.train.prompts,
+                               "batch_size": cfg.data.batch_size, "seed": cfg.seed}))
+
+    times: dict[str, list[float]] = {"generate": [], "reward": [], "train": [], "sync": [], "step": []}
+    tokens_per_s, active = [], []
+    for step in range(args.steps + 1):
+        batch = next(stream)
+        t0 = time.perf_counter()
+        r = engine.generate(batch.prompts, cfg.rollout.n, sampling, seed=step)
+        t1 = time.perf_counter()
+        r.rewards = reward(r).rewards
+        if not args.real_rewards:  # the full-cost step: every group has a non-zero advantage
+            r.rewards = torch.arange(len(r), dtype=torch.float) % 2
+        t2 = time.perf_counter()
+        opt.zero_grad()
+        adv = compute_advantages(cfg.algorithm.advantage, r.rewards, r.n)
+        with autocast:
+            stats = module.accumulate_gradients(r, adv, lambda loss: loss.backward())
+        opt.step()
+        t3 = time.perf_counter()
+        engine.load_weights((k, v.detach()) for k, v in module.model.state_dict().items())
+        t4 = time.perf_counter()
+        if step == 0:
+            continue  # warm-up
+        for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+            times[key].append(value)
+        tokens_per_s.append(sum(len(c) for c in r.completion_ids) / (t1 - t0))
+        active.append(stats["train/active_groups"])
+
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"SRT step: {cfg.data.batch_size} prompts x {cfg.rollout.n} samples, {cfg.model.path}, "
+          f"engine dtype={cfg.rollout.engine.dtype}, share_prefill={cfg.rollout.engine.share_prefill}, "
+          f"precision={cfg.trainer.precision}, threads={torch.get_num_threads()}, {args.steps} steps")
+    for key, values in times.items():
+        print(f"  {key:9s} median {statistics.median(values):7.2f} s   (min {min(values):.2f}, max {max(values):.2f})")
+    print(f"  generation tokens/s median {statistics.median(tokens_per_s):.0f}")
+    print(f"  groups trained (non-zero advantage) mean {statistics.mean(active):.2f}")
+    print(f"  peak memory (max RSS) {peak_gib:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
