@@ -34,6 +34,8 @@ def test_fit_runs_logs_evaluates_and_checkpoints(tiny_cfg, tmp_path):
     assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
     assert json.loads((run / "results.json").read_text())["steps"] == 2
     assert plot_run(run).stat().st_size > 10_000  # a PNG with the default panels
+    samples = [json.loads(x) for x in (run / "samples" / "letter_counting_step2.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 and len(samples[0]["texts"]) == 2 and samples[0]["gold"]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2 and ckpt["optimizer_states"][0]["state"]
 

@@ -19,14 +19,17 @@ they still count in the loss normaliser, so the gradient is unchanged.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import torch
 
 from srtlab.algorithms.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 from srtlab.algorithms.losses import AGGREGATIONS, aggregate, kl_k3, masked_mean, policy_gradient_loss
-from srtlab.eval.canonical import cluster_answers
+from srtlab.eval.canonical import cluster_answers, normalize_text
 from srtlab.eval.metrics import aggregate_scores, group_scores
 from srtlab.models.load import LoraSettings, load_model, load_tokenizer
 from srtlab.rewards.ground_truth import GroundTruth
@@ -97,6 +100,16 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
     return logits, c_ids, c_mask
 
 
+def top_answer_share(samples: list[dict]) -> float:
+    """Share of all held-out answers (no answer included) that are the single most common answer.
+
+    Near 1.0 with a middling accuracy is the collapse SRT is known for: one answer for every question.
+    """
+    answers = [normalize_text(a) if a is not None else None for row in samples for a in row["answers"]]
+    counts = Counter(a for a in answers if a is not None)
+    return counts.most_common(1)[0][1] / len(answers) if counts else 0.0
+
+
 class PolicyModule(L.LightningModule):
     """Wraps the policy (and, when KL is on, the frozen reference) and owns loss and optimizer.
 
@@ -123,6 +136,7 @@ class PolicyModule(L.LightningModule):
         self.reference: torch.nn.Module | None = None
         self._gold = GroundTruth()
         self._val_scores: dict[str, list[dict[str, float]]] = {}
+        self._val_samples: dict[str, list[dict]] = {}
         self._val_k = 0  # samples per prompt in the last evaluation
         self.last_val_metrics: dict[str, float] = {}
         self.last_val_step = -1  # global step of the last evaluation
@@ -237,7 +251,7 @@ class PolicyModule(L.LightningModule):
 
     # -- evaluation -----------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_scores = {}
+        self._val_scores, self._val_samples = {}, {}
 
     def validation_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         r = batch.rollouts
@@ -253,14 +267,29 @@ class PolicyModule(L.LightningModule):
             scores = group_scores([bool(correct[i] > 0.5) for i in rows], clusters)
             scores["answer_rate"] = sum(a is not None for a in answers) / len(answers)
             self._val_scores.setdefault(batch.source, []).append(scores)
+            self._val_samples.setdefault(batch.source, []).append(
+                {"id": r.prompts[b].id, "gold": r.prompts[b].answer, "answers": answers,
+                 "correct": [bool(correct[i] > 0.5) for i in rows], "texts": [r.texts[i] for i in rows]})
 
     def on_validation_epoch_end(self) -> None:
         metrics = {}
         for name, rows in self._val_scores.items():
             agg, k = aggregate_scores(rows), self._val_k
             metrics.update({f"val/{name}/mean@{k}": agg["mean"], f"val/{name}/maj@{k}": agg["maj"],
-                            f"val/{name}/pass@{k}": agg["pass"], f"val/{name}/answer_rate": agg["answer_rate"]})
+                            f"val/{name}/pass@{k}": agg["pass"], f"val/{name}/answer_rate": agg["answer_rate"],
+                            f"val/{name}/top_answer_share": top_answer_share(self._val_samples.get(name, []))})
         self.last_val_metrics = metrics
         self.last_val_step = self.global_step
+        self._write_samples()
         if metrics:
             self.log_dict(metrics, add_dataloader_idx=False)
+
+    def _write_samples(self) -> None:
+        """Every held-out sample of this evaluation: ``<run_dir>/samples/<set>_step<N>.jsonl``."""
+        if self.trainer is None or not self.trainer.is_global_zero:
+            return
+        folder = Path(self.trainer.default_root_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, rows in self._val_samples.items():
+            with open(folder / f"{name}_step{self.global_step}.jsonl", "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
