@@ -61,7 +61,8 @@ class PromptDataModule(L.LightningDataModule):
         batch_size: prompts per training step (B).
         train_size, val_size: number of training / held-out prompts.
         val_batch_size: prompts per generate call during evaluation.
-        seed: data seed; held-out prompts use ``seed + 1_000_003`` and exclude training questions.
+        seed: data seed; held-out prompts use ``seed + 1_000_003``, have distinct questions, and
+            training prompts leave those questions out.
         extra_val: more held-out sets by name, each a zero-argument factory (e.g. MATH-500).
     """
 
@@ -84,10 +85,11 @@ class PromptDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
             return
-        self.train = ReasoningGymSource(self.task, self.task_config, self.train_size, self.seed, "train", self.prompt)
-        self.val = {self.task: ReasoningGymSource(
-            self.task, self.task_config, self.val_size, self.seed + HELD_OUT_SEED_OFFSET, "val", self.prompt,
-            exclude_questions=self.train.questions())}
+        held_out = ReasoningGymSource(self.task, self.task_config, self.val_size, self.seed + HELD_OUT_SEED_OFFSET,
+                                      "val", self.prompt, distinct=True)
+        self.train = ReasoningGymSource(self.task, self.task_config, self.train_size, self.seed, "train", self.prompt,
+                                        exclude_questions=held_out.questions())
+        self.val = {self.task: held_out}
         for name, make in self.extra_val.items():
             self.val[name] = make()
 

@@ -1,8 +1,9 @@
 """Prompt sources: Reasoning Gym tasks (procedural, seeded) and jsonl files such as MATH-500.
 
 A source is a finite, indexable list of ``Prompt`` objects; the same (config, seed) always gives the
-same prompts. Train and held-out sets of a Reasoning Gym task use different seeds, and held-out
-prompts whose question also occurs in the training set are dropped so the held-out set is unseen.
+same prompts. The held-out set of a Reasoning Gym task is drawn first (its own seed, distinct
+questions), and the training set leaves its questions out, so held-out questions are never trained
+on, even for tasks with few distinct questions (single-digit products have 100).
 """
 
 from __future__ import annotations
@@ -55,16 +56,29 @@ class ReasoningGymSource:
     seed: int = 0
     split: str = "train"
     prompt: PromptFormat = field(default_factory=PromptFormat)
-    exclude_questions: frozenset[str] = frozenset()  # questions to leave out (the training set's)
+    exclude_questions: frozenset[str] = frozenset()  # questions to leave out (the held-out set's)
+    distinct: bool = False  # keep each question once (held-out sets)
 
     def __post_init__(self) -> None:
         import reasoning_gym
 
         check_task(self.task, self.config)
-        # Generate extra items when some will be excluded, then keep the first ``size`` that remain.
-        extra = len(self.exclude_questions) and self.size
-        dataset = reasoning_gym.create_dataset(self.task, **self.config, size=self.size + extra, seed=self.seed)
-        entries = [e for e in dataset if e["question"] not in self.exclude_questions][: self.size]
+        # Item i depends only on (seed, i), so generating more items keeps the first ones: generate
+        # 4x when some will be dropped, then keep the first ``size`` that remain.
+        factor = 4 if self.exclude_questions or self.distinct else 1
+        dataset = reasoning_gym.create_dataset(self.task, **self.config, size=factor * self.size, seed=self.seed)
+        entries, seen = [], set()
+        for entry in dataset:
+            q = entry["question"]
+            if q in self.exclude_questions or (self.distinct and q in seen):
+                continue
+            seen.add(q)
+            entries.append(entry)
+            if len(entries) == self.size:
+                break
+        if not entries:
+            raise ValueError(f"no {self.split} prompts left for task {self.task!r} with config {self.config}: "
+                             f"all generated questions are held out; use a harder config or a smaller data.val_size")
         self.prompts = [self._to_prompt(i, e) for i, e in enumerate(entries)]
 
     def _to_prompt(self, index: int, entry: dict[str, Any]) -> Prompt:

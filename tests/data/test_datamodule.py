@@ -24,6 +24,17 @@ def test_stream_started_at_a_step_continues_the_uninterrupted_stream():
     assert resumed.prompts == batches[3].prompts
 
 
+def test_training_set_leaves_out_held_out_questions_even_for_small_tasks():
+    # single-digit products of two terms: only 100 distinct questions
+    dm = PromptDataModule("products", PromptFormat(), {"min_digits": 1, "max_digits": 1, "min_terms": 2,
+                                                         "max_terms": 2}, train_size=500, val_size=30, seed=0)
+    dm.setup()
+    val_q = [p.metadata["entry"]["question"] for p in dm.val["products"]]
+    assert len(val_q) == len(set(val_q)) == 30
+    train_q = dm.train.questions()
+    assert 0 < len(train_q) <= 70 and not train_q & set(val_q)
+
+
 def test_held_out_set_excludes_training_questions():
     dm = PromptDataModule("letter_counting", PromptFormat(), {"min_words": 1, "max_words": 3},
                           train_size=300, val_size=50, seed=0)
