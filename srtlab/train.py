@@ -92,6 +92,8 @@ def build(cfg: DictConfig, with_checkpoints: bool = True):
         callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="step{step}",
                                          auto_insert_metric_name=False, every_n_train_steps=cfg.checkpoint_every,
                                          save_top_k=1, save_last=True))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(_progress_bar())
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
     return module, datamodule, trainer
 
@@ -101,6 +103,18 @@ def build(cfg: DictConfig, with_checkpoints: bool = True):
 _QUIET = ["Experiment logs directory .* exists", "You have overridden `transfer_batch_to_device`",
           ".*LeafSpec.*", "Using ModelCheckpoint with manual optimization", ".*does not have many workers.*",
           "Your `IterableDataset` has `__len__` defined"]
+
+
+def _progress_bar() -> L.Callback:
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepProgressBar(RichProgressBar):
+        """Labelled by optimizer steps: the prompt stream is endless, so there are no epochs to count."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return f"SRT step (max {self.trainer.max_steps})"
+
+    return StepProgressBar()
 
 
 def _setup(cfg: DictConfig) -> Path:
