@@ -120,7 +120,10 @@ def _progress_bar() -> L.Callback:
 def _setup(cfg: DictConfig) -> Path:
     for pattern in _QUIET:
         warnings.filterwarnings("ignore", message=pattern)
-    check_config(cfg)
+    try:
+        check_config(cfg)
+    except (ValueError, FileNotFoundError) as err:  # a config mistake: the message, not a traceback
+        raise SystemExit(f"config error: {err}") from None
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
