@@ -133,7 +133,7 @@ def _setup(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def _val_metrics(trainer: L.Trainer, module) -> dict[str, float]:
+def _val_metrics(module) -> dict[str, float]:
     return {k: float(v) for k, v in module.last_val_metrics.items()}
 
 
@@ -160,13 +160,13 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     if cfg.eval_before and "before" not in results:
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        results["before"] = _val_metrics(trainer, module)
+        results["before"] = _val_metrics(module)
         results_file.write_text(json.dumps(results, indent=2))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     if cfg.eval_after:
         if module.last_val_step != trainer.global_step:  # the last step may have evaluated already
             trainer.validate(module, datamodule=datamodule, verbose=False)
-        results["after"] = _val_metrics(trainer, module)
+        results["after"] = _val_metrics(module)
     results["steps"] = trainer.global_step
     results["wall_s_this_process"] = round(time.time() - start, 1)
     results_file.write_text(json.dumps(results, indent=2))
@@ -179,7 +179,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_dir = _setup(cfg)
     module, datamodule, trainer = build(cfg, with_checkpoints=False)
     trainer.validate(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
-    metrics = _val_metrics(trainer, module)
+    metrics = _val_metrics(module)
     (run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
     print(f"\nrun folder: {run_dir}\n" + "\n".join(f"{k:32s} {v:.3f}" for k, v in sorted(metrics.items())))
     return metrics

@@ -58,17 +58,9 @@ class RolloutBatch:
     def __len__(self) -> int:
         return len(self.completion_ids)
 
-    @property
-    def group_index(self) -> torch.Tensor:
-        """[B*G] long: the prompt index of every completion."""
-        return torch.arange(len(self.prompts)).repeat_interleave(self.n)
-
     def groups(self) -> list[range]:
         """Completion index ranges, one per prompt."""
         return [range(b * self.n, (b + 1) * self.n) for b in range(len(self.prompts))]
-
-    def prompt_of(self, i: int) -> Prompt:
-        return self.prompts[i // self.n]
 
 
 @dataclass

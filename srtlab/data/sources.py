@@ -23,12 +23,6 @@ BUILTIN_JSONL: dict[str, WheelFile] = {
 }
 
 
-def reasoning_gym_tasks() -> list[str]:
-    from reasoning_gym.factory import DATASETS
-
-    return sorted(DATASETS)
-
-
 def check_task(task: str, config: dict[str, Any]) -> None:
     """Fail fast on an unknown task or a config key the task does not have."""
     from reasoning_gym.factory import DATASETS

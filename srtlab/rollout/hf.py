@@ -96,9 +96,9 @@ class HFEngine:
         ids_n, mask_n = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)  # [b*n, P]
         # A preallocated cache: DynamicCache concatenates every layer's keys at every step, which
         # measured as 80% of a CPU decode step at batch 64.
-        cache = StaticCache(config=self._config(), max_cache_len=ids.shape[1] + s.max_new_tokens)
+        cache = StaticCache(config=self.model.config, max_cache_len=ids.shape[1] + s.max_new_tokens)
         if self.share_prefill and ids.shape[1] > 1:
-            prefill = DynamicCache(config=self._config())
+            prefill = DynamicCache(config=self.model.config)
             positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
             self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
                        past_key_values=prefill, use_cache=True, logits_to_keep=1)
@@ -125,16 +125,10 @@ class HFEngine:
         return tokens
 
     def _eos_ids(self) -> list[int]:
-        eos = self._generation_config().eos_token_id
+        eos = self.model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
         return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-
-    def _config(self):
-        return self.model.config
-
-    def _generation_config(self):
-        return self.model.generation_config
 
     @property
     def shares_policy(self) -> bool:
