@@ -4,6 +4,7 @@
 # then `python experiments/summarize.py OUT/*` collects them. Usage: experiments/srt_vs_rlvr.sh [OUT] [overrides]
 set -euo pipefail
 out=${1:-outputs/srt_vs_rlvr}; shift || true
+mkdir -p "$(dirname "$out")"
 for data in letter_counting products; do
   for exp in srt rlvr; do
     /usr/bin/time -f "wall_s %e max_rss_kb %M" -o "$out.$exp-$data.time" \
