@@ -16,10 +16,10 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from srtlab.data.sources import check_task
 from srtlab.models.load import check_model_path
 from srtlab.rollout.callback import RolloutCallback
 
@@ -47,23 +47,30 @@ def register_resolvers() -> None:
 
 
 # -- validation -------------------------------------------------------------------------------------
+def _instantiate_unwrapped(node: DictConfig) -> Any:
+    """``instantiate``, re-raising the target's own ValueError / FileNotFoundError (Hydra wraps them)."""
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
+            raise err.__cause__ from None
+        raise
+
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail before any model loads, naming the bad key and what would be accepted."""
     check_model_path(cfg.model.path)
-    task_config = cfg.data.task_config
-    if task_config is None:
-        task_config = (cfg.data.get("presets") or {}).get(cfg.data.task, {})
-    check_task(cfg.data.task, dict(task_config))
     if cfg.rollout.n < 2:
         raise ValueError(f"rollout.n={cfg.rollout.n}; group advantages (and the vote) need at least 2 "
                          "samples per prompt")
     if cfg.rollout.val_n < 1:
         raise ValueError(f"rollout.val_n={cfg.rollout.val_n}; must be >= 1")
-    weights, sources = dict(cfg.reward.weights), set(cfg.reward.sources)
-    if set(weights) != sources:
-        raise ValueError(f"reward.weights keys {sorted(weights)} must match reward.sources {sorted(sources)}")
-    instantiate(cfg.algorithm).validate()
-    instantiate(cfg.rollout.sampling).validate()
+    # These build cheaply (no model, no data yet) and validate their own arguments.
+    for node in (cfg.data, cfg.reward, cfg.algorithm, cfg.rollout.sampling):
+        built = _instantiate_unwrapped(node)
+        if hasattr(built, "validate"):
+            built.validate()
     ckpt = cfg.get("ckpt_path")
     if ckpt and not Path(ckpt).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt!r} does not exist")
@@ -133,10 +140,6 @@ def _setup(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def _val_metrics(module) -> dict[str, float]:
-    return {k: float(v) for k, v in module.last_val_metrics.items()}
-
-
 def format_table(before: dict[str, float], after: dict[str, float]) -> str:
     keys = sorted(set(before) | set(after))
     width = max([len(k) for k in keys] + [6])
@@ -160,13 +163,13 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     if cfg.eval_before and "before" not in results:
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        results["before"] = _val_metrics(module)
+        results["before"] = dict(module.last_val_metrics)
         results_file.write_text(json.dumps(results, indent=2))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     if cfg.eval_after:
         if module.last_val_step != trainer.global_step:  # the last step may have evaluated already
             trainer.validate(module, datamodule=datamodule, verbose=False)
-        results["after"] = _val_metrics(module)
+        results["after"] = dict(module.last_val_metrics)
     results["steps"] = trainer.global_step
     results["wall_s_this_process"] = round(time.time() - start, 1)
     results_file.write_text(json.dumps(results, indent=2))
@@ -179,7 +182,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_dir = _setup(cfg)
     module, datamodule, trainer = build(cfg, with_checkpoints=False)
     trainer.validate(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
-    metrics = _val_metrics(module)
+    metrics = dict(module.last_val_metrics)
     (run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
     print(f"\nrun folder: {run_dir}\n" + "\n".join(f"{k:32s} {v:.3f}" for k, v in sorted(metrics.items())))
     return metrics

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from srtlab.data.prompts import PromptFormat
-from srtlab.data.sources import ReasoningGymSource
+from srtlab.data.sources import ReasoningGymSource, check_task
 from srtlab.types import Prompt, PromptBatch
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts use seed + this, so they differ from training
@@ -73,6 +73,7 @@ class PromptDataModule(L.LightningDataModule):
         super().__init__()
         if task_config is None:
             task_config = (presets or {}).get(task, {})
+        check_task(task, dict(task_config))  # fail now, before any model loads
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size}; must be >= 1")
         self.task, self.task_config, self.prompt = task, dict(task_config or {}), prompt

@@ -45,6 +45,14 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def _trim(tokens: list[int], eos: set[int]) -> list[int]:
+    """Cut a completion after its first eos (``generate`` pads finished rows)."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
 class HFEngine:
     """Samples with ``transformers`` ``generate`` on the policy model itself.
 
@@ -82,6 +90,7 @@ class HFEngine:
         finally:
             self.model.train(was_training)
         eos = set(self._eos_ids())
+        completions = [_trim(c, eos) for c in completions]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         return RolloutBatch(
             prompts=list(prompts), n=n, prompt_ids=prompt_ids, completion_ids=completions, texts=texts,
@@ -114,15 +123,7 @@ class HFEngine:
             stop_strings=s.stop or None, tokenizer=self.tokenizer if s.stop else None,
             past_key_values=cache,
         )
-        return [self._trim(row.tolist()) for row in out[:, ids.shape[1]:]]
-
-    def _trim(self, tokens: list[int]) -> list[int]:
-        """Cut a completion after its first eos (``generate`` pads finished rows)."""
-        eos = set(self._eos_ids())
-        for i, t in enumerate(tokens):
-            if t in eos:
-                return tokens[: i + 1]
-        return tokens
+        return [row.tolist() for row in out[:, ids.shape[1]:]]
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id
