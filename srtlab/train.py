@@ -91,8 +91,12 @@ def build(cfg: DictConfig, with_checkpoints: bool = True):
     rollouts = RolloutCallback(
         engine=instantiate(cfg.rollout.engine), reward=instantiate(cfg.reward, _convert_="all"), n=cfg.rollout.n,
         sampling=instantiate(cfg.rollout.sampling), val_n=cfg.rollout.val_n,
-        val_sampling=instantiate(cfg.rollout.val_sampling), seed=cfg.seed)
+        val_sampling=instantiate(cfg.rollout.val_sampling), seed=cfg.seed,
+        program=instantiate(cfg.rollout.get("program"), _convert_="all"))
     callbacks: list[L.Callback] = [rollouts]
+    # more callbacks by config (the curriculum, ...): `callbacks.<name>: {_target_: ...}`, null removes one
+    callbacks += [instantiate(node, _convert_="all") for node in (cfg.get("callbacks") or {}).values()
+                  if node is not None]
     if with_checkpoints:
         from lightning.pytorch.callbacks import ModelCheckpoint
 

@@ -53,6 +53,7 @@ class RolloutBatch:
     finish_reasons: list[str]  # B*G "stop" or "length"
     sampler_logprobs: list[list[float]] | None = None  # B*G per-token log-probs reported by the engine
     rewards: torch.Tensor | None = None  # [B*G] float, filled by the reward mix
+    loss_mask: list[list[int]] | None = None  # B*G per-token 0/1: which completion tokens get the advantage
     metrics: dict[str, float] = field(default_factory=dict)  # per-stage metrics to log
 
     def __len__(self) -> int:

@@ -216,6 +216,8 @@ class PolicyModule(L.LightningModule):
         """
         algo, n = self.algorithm, r.n
         lengths = torch.tensor([len(c) for c in r.completion_ids], dtype=torch.float)  # [B*G]
+        if r.loss_mask is not None:  # the normaliser counts trained tokens only
+            lengths = torch.tensor([float(sum(m)) for m in r.loss_mask])  # [B*G]
         total_tokens, total_seqs = float(lengths.sum().clamp(min=1)), float(len(r))
         max_tokens = algo.max_tokens or int(lengths.max().clamp(min=1))
         groups = range(len(r.prompts))
@@ -227,6 +229,8 @@ class PolicyModule(L.LightningModule):
             rows = [i for b in chunk for i in range(b * n, (b + 1) * n)]
             p_ids, c_ids = [r.prompt_ids[b] for b in chunk], [r.completion_ids[i] for i in rows]
             logp, mask, entropy = self.token_logprobs(self.model, p_ids, c_ids, n)  # [b*n, T]
+            if r.loss_mask is not None:  # only some completion tokens are trained (e.g. a reflection)
+                mask = mask & right_pad([r.loss_mask[i] for i in rows], 0)[0].bool().to(mask.device)
             loss, m = policy_gradient_loss(logp, logp.detach(), adv[rows], mask, algo.clip_eps,
                                            algo.clip_eps_high, algo.loss_agg, max_tokens)
             if algo.kl_coef > 0:

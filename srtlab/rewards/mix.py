@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from srtlab.rewards.base import RewardSource
+from srtlab.rewards.base import RewardContext, RewardSource
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.rewards.vote import GroupVote, MajorityVote, vote_groups
 from srtlab.types import RewardOutput, RolloutBatch
@@ -38,13 +38,14 @@ class RewardMix:
         self.gold_name = gold[0] if gold else GroundTruth.name
         self.gold = sources[gold[0]] if gold else GroundTruth()
 
-    def __call__(self, rollouts: RolloutBatch) -> RewardOutput:
+    def __call__(self, rollouts: RolloutBatch, context: RewardContext | None = None) -> RewardOutput:
+        context = context or RewardContext()
         # 1. vote once per batch: the vote source and the monitors share it
         votes = vote_groups(rollouts)
         # 2. every source, and the gold monitor when it is not a source
-        outputs = {name: self._run(name, source, rollouts, votes) for name, source in self.sources.items()}
+        outputs = {name: self._run(name, source, rollouts, votes, context) for name, source in self.sources.items()}
         if self.gold_name not in outputs:
-            outputs[self.gold_name] = self._run(self.gold_name, self.gold, rollouts, votes)
+            outputs[self.gold_name] = self._run(self.gold_name, self.gold, rollouts, votes, context)
         # 3. the weighted sum over sources with an opinion
         mixed = self._mix(outputs, len(rollouts))
         # 4. metrics
@@ -54,9 +55,15 @@ class RewardMix:
         metrics.update(_monitor_metrics(rollouts, votes, outputs[self.gold_name].rewards))
         return RewardOutput(rewards=mixed, metrics=metrics)
 
-    def _run(self, name: str, source: RewardSource, rollouts: RolloutBatch, votes: list[GroupVote]) -> RewardOutput:
+    def _run(self, name: str, source: RewardSource, rollouts: RolloutBatch, votes: list[GroupVote],
+             context: RewardContext) -> RewardOutput:
         """Call one source (reusing the batch's votes for a MajorityVote) and check its output's shape."""
-        out = source.score(rollouts, votes) if isinstance(source, MajorityVote) else source(rollouts)
+        if isinstance(source, MajorityVote):
+            out = source.score(rollouts, votes)
+        elif getattr(source, "uses_context", False):
+            out = source(rollouts, context)
+        else:
+            out = source(rollouts)
         if tuple(out.rewards.shape) != (len(rollouts),):
             shape = tuple(out.rewards.shape)
             raise ValueError(f"reward source {name!r} returned rewards of shape {shape}, want ({len(rollouts)},)")

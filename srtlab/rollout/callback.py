@@ -15,11 +15,27 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
+from srtlab.rewards.base import RewardContext
 from srtlab.rewards.mix import RewardMix
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
-from srtlab.types import PromptBatch
+from srtlab.types import Prompt, PromptBatch, RewardOutput, RolloutBatch
 
 VAL_SEED_OFFSET = 7_919  # evaluation samples use other seeds than training samples
+
+Scorer = Callable[[RolloutBatch], RewardOutput]
+
+
+def plain_program(engine: RolloutEngine, prompts: list[Prompt], n: int, sampling: SamplingSettings, seed: int,
+                  score: Scorer) -> RolloutBatch:
+    """The default rollout program: G samples per prompt, scored once by the reward mix.
+
+    A rollout program turns a batch of prompts into a scored :class:`RolloutBatch` (``rewards`` and
+    unprefixed ``metrics`` filled). Other programs (reflect-and-retry) call the engine several times.
+    """
+    rollouts = engine.generate(prompts, n, sampling, seed=seed)
+    scored = score(rollouts)
+    rollouts.rewards, rollouts.metrics = scored.rewards, dict(scored.metrics)
+    return rollouts
 
 
 class RolloutCallback(L.Callback):
@@ -34,14 +50,16 @@ class RolloutCallback(L.Callback):
         val_n: samples per held-out prompt (k of mean@k, maj@k, pass@k).
         val_sampling: evaluation sampling settings.
         seed: the run seed.
+        program: the rollout program for training batches (default :func:`plain_program`).
     """
 
     def __init__(self, engine: Callable[..., RolloutEngine], reward: RewardMix, n: int, sampling: SamplingSettings,
-                 val_n: int, val_sampling: SamplingSettings, seed: int = 0) -> None:
+                 val_n: int, val_sampling: SamplingSettings, seed: int = 0, program: Callable | None = None) -> None:
         sampling.validate()
         val_sampling.validate()
         self.make_engine, self.reward = engine, reward
         self.n, self.sampling, self.val_n, self.val_sampling, self.seed = n, sampling, val_n, val_sampling, seed
+        self.program = program or plain_program
         self.engine: RolloutEngine | None = None
 
     def _engine(self, pl_module: L.LightningModule) -> RolloutEngine:
@@ -52,13 +70,22 @@ class RolloutCallback(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: PromptBatch,
                              batch_idx: int) -> None:
         engine = self._engine(pl_module)
+        seed = self.seed * 1_000_003 + batch.step
+        context = RewardContext(policy=pl_module, engine=engine, step=batch.step, seed=seed)
+        reward_s = 0.0
+
+        def score(rollouts: RolloutBatch) -> RewardOutput:
+            nonlocal reward_s
+            t = time.perf_counter()
+            out = self.reward(rollouts, context)
+            reward_s += time.perf_counter() - t
+            return out
+
         t0 = time.perf_counter()
-        rollouts = engine.generate(batch.prompts, self.n, self.sampling, seed=self.seed * 1_000_003 + batch.step)
-        t1 = time.perf_counter()
-        scored = self.reward(rollouts)
+        rollouts = self.program(engine, batch.prompts, self.n, self.sampling, seed, score)
         t2 = time.perf_counter()
-        rollouts.rewards = scored.rewards
-        rollouts.metrics = {f"train/{k}": v for k, v in scored.metrics.items()}
+        t1 = t2 - reward_s  # generation time = program time less scoring time
+        rollouts.metrics = {f"train/{k}": v for k, v in rollouts.metrics.items()}
         batch.rollouts = rollouts
         tokens = sum(len(c) for c in rollouts.completion_ids)
         self._t_step_start, self._t_train_start = t0, t2
