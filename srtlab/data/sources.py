@@ -52,6 +52,7 @@ class ReasoningGymSource:
     prompt: PromptFormat = field(default_factory=PromptFormat)
     exclude_questions: frozenset[str] = frozenset()  # questions to leave out (the held-out set's)
     distinct: bool = False  # keep each question once (held-out sets)
+    level: int | None = None  # curriculum level of these prompts (their ids then read "<task>@<level>/...")
 
     def __post_init__(self) -> None:
         import reasoning_gym
@@ -76,8 +77,9 @@ class ReasoningGymSource:
         self.prompts = [self._to_prompt(i, e) for i, e in enumerate(entries)]
 
     def _to_prompt(self, index: int, entry: dict[str, Any]) -> Prompt:
-        return Prompt(id=f"{self.task}/{self.split}/{index}", messages=self.prompt.messages(entry["question"]),
-                      task=self.task, answer_kind="text", level=0, answer=str(entry["answer"]),
+        name = self.task if self.level is None else f"{self.task}@{self.level}"
+        return Prompt(id=f"{name}/{self.split}/{index}", messages=self.prompt.messages(entry["question"]),
+                      task=self.task, answer_kind="text", level=self.level or 0, answer=str(entry["answer"]),
                       metadata={"entry": entry})
 
     def questions(self) -> frozenset[str]:
@@ -131,3 +133,35 @@ class JsonlSource:
 
     def __getitem__(self, i: int) -> Prompt:
         return self.prompts[i]
+
+
+def read_labels(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The kept rows of a teacher labels file (``python -m srtlab label``), by prompt id.
+
+    Each row has at least ``id``, ``question`` and ``label`` (the teacher's majority answer, or null);
+    rows with ``"kept": false`` (vote share below the labelling run's ``min_share``) are left out.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"labels file {str(path)!r} does not exist; write it first with "
+                                "`python -m srtlab label` (same data settings and seed)")
+    rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    return {row["id"]: row for row in rows if row.get("kept", True)}
+
+
+def keep_labelled(prompts: list[Prompt], labels: dict[str, dict[str, Any]], path: str) -> list[Prompt]:
+    """The prompts whose ids are in ``labels``, checking that each labelled question is the prompt's own
+    (a labels file made with other data settings or another seed would silently mismatch otherwise)."""
+    if not labels:
+        raise ValueError(f"labels file {path!r} keeps no prompt (no label, or every vote share below min_share)")
+    by_id = {p.id: p for p in prompts}
+    missing = [i for i in labels if i not in by_id]
+    if missing:
+        raise ValueError(f"labels file {path!r} has prompt ids the training set lacks (e.g. {missing[0]!r}): "
+                         "it was written with other data settings; label again with these")
+    for i, row in labels.items():
+        own = [m["content"] for m in by_id[i].messages if m.get("role") == "user"][-1]  # the question asked
+        if row.get("question") is not None and row["question"] != own:
+            raise ValueError(f"labels file {path!r}: prompt {i!r} has another question than the training set's; "
+                             "it was written with other data settings or seed; label again with these")
+    return [p for p in prompts if p.id in labels]

@@ -100,6 +100,41 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
     return logits, c_ids, c_mask
 
 
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The transformer blocks: modules of the classes the model names in ``_no_split_modules``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in base.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"{type(base).__name__} names no decoder layer class in _no_split_modules; "
+                         "cannot pick FSDP units or checkpointed blocks")
+    return layers
+
+
+def shard_model(model: torch.nn.Module, mesh) -> None:
+    """FSDP2 in place: each decoder layer one unit, the rest (embeddings, final norm, head) the root unit.
+
+    Lightning's mesh is (nodes, devices per node): on a 2-D mesh ``fully_shard`` shards within a node
+    and replicates across nodes (HSDP); on one node that is plain FSDP. Parameters become DTensors.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def checkpoint_mlps(model: torch.nn.Module) -> None:
+    """Activation checkpointing of each decoder layer's ``mlp`` (recomputed in backward)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
+
+    mlps = {id(layer.mlp) for layer in decoder_layers(model)}
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: id(m) in mlps)
+
+
 def top_answer_share(samples: list[dict]) -> float:
     """Share of all held-out answers (no answer included) that are the single most common answer.
 
@@ -118,17 +153,24 @@ class PolicyModule(L.LightningModule):
         algorithm: the objective; optim: optimizer settings.
         micro_batch_prompts: prompts (each with its G completions) per forward/backward pass.
         temperature: the sampling temperature; log-probs are taken of the same tempered distribution.
+        activation_checkpointing: recompute each decoder layer's MLP in backward instead of storing its
+            activations (the attention is not recomputed: it writes the shared prompt's KV cache).
+
+    Under ``trainer=fsdp`` (Lightning's ``ModelParallelStrategy``) ``configure_model`` shards the policy
+    and the reference with FSDP2, each decoder layer one unit (:func:`shard_model`).
     """
 
     def __init__(self, model_path: str, algorithm: AlgorithmSettings, optim: OptimSettings,
                  lora: LoraSettings | None = None, dtype: str = "float32", micro_batch_prompts: int = 4,
-                 temperature: float = 1.0, trust_remote_code: bool = False) -> None:
+                 temperature: float = 1.0, trust_remote_code: bool = False,
+                 activation_checkpointing: bool = False) -> None:
         super().__init__()
         algorithm.validate()
         self.model_path, self.dtype_name, self.lora = model_path, dtype, lora
         self.algorithm, self.optim = algorithm, optim
         self.micro_batch_prompts, self.temperature = micro_batch_prompts, temperature or 1.0
         self.trust_remote_code = trust_remote_code
+        self.activation_checkpointing = activation_checkpointing
         self.automatic_optimization = False
         self.strict_loading = False  # the reference model is not saved in checkpoints
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
@@ -151,6 +193,12 @@ class PolicyModule(L.LightningModule):
         if self.algorithm.kl_coef > 0 and not uses_lora:  # with LoRA the reference is the adapter-off model
             self.reference = load_model(self.model_path, self.dtype_name, None, self.trust_remote_code)
             self.reference.eval().requires_grad_(False)
+        if self.activation_checkpointing:
+            checkpoint_mlps(self.model)
+        if self.device_mesh is not None:  # set by ModelParallelStrategy (trainer=fsdp) before this hook
+            for model in (self.model, self.reference):
+                if model is not None:
+                    shard_model(model, self.device_mesh)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -221,7 +269,9 @@ class PolicyModule(L.LightningModule):
         total_tokens, total_seqs = float(lengths.sum().clamp(min=1)), float(len(r))
         max_tokens = algo.max_tokens or int(lengths.max().clamp(min=1))
         groups = range(len(r.prompts))
-        active = [b for b in groups if algo.kl_coef > 0 or bool(adv[b * n:(b + 1) * n].abs().sum() > 0)]
+        # Several processes train every group: each must run as many forward/backward passes (collectives).
+        every = algo.kl_coef > 0 or (self._trainer is not None and self.trainer.world_size > 1)
+        active = [b for b in groups if every or bool(adv[b * n:(b + 1) * n].abs().sum() > 0)]
         sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
         tokens_seen = 0.0
         for start in range(0, len(active), self.micro_batch_prompts):

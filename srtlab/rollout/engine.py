@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -33,12 +33,35 @@ class SamplingSettings:
 class RolloutEngine(Protocol):
     """Generates completions; ``hf`` shares the policy in process, ``vllm`` gets weights pushed to it."""
 
-    def generate(self, prompts: list[Prompt], n: int, sampling: SamplingSettings, seed: int) -> RolloutBatch:
-        """B prompts -> a RolloutBatch of B*n completions, group-major; reproducible from ``seed``."""
+    tokenizer: Any  # the policy's tokenizer (rollout programs encode their extra turns with it)
+
+    def generate(self, prompts: list[Prompt], n: int, sampling: SamplingSettings, seed: int,
+                 prompt_ids: list[list[int]] | None = None) -> RolloutBatch:
+        """B prompts -> a RolloutBatch of B*n completions, group-major; reproducible from ``seed``.
+
+        ``prompt_ids``: optional, B token-id lists to continue from instead of the chat-templated
+        ``prompts`` (no template applied, no special tokens added, used exactly as given). Multi-turn
+        programs (``srtlab.rollout.reflect``) pass prompt + sampled attempt + next user turn as ids, so
+        the prefix is reused, never decoded and re-encoded. The batch's ``prompt_ids`` are then these
+        lists, and ``prompts`` are kept only for scoring (gold answers, task). vLLM: pass
+        ``TokensPrompt(prompt_token_ids=ids)`` instead of the rendered text.
+        """
         ...
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Receive new policy weights (tensor by tensor) after an optimizer step."""
+        ...
+
+    def next_token_logprobs(self, prompts: list[list[dict[str, str]]], token_ids: list[int]) -> torch.Tensor:
+        """Log-probs of candidate next tokens after each chat prompt, with the current weights.
+
+        ``prompts``: N chat-message lists, each rendered with the tokenizer's chat template and the
+        generation prompt added (as ``generate`` renders a ``Prompt``). ``token_ids``: K candidate token
+        ids. Returns a float32 CPU tensor ``[N, K]``: ``log softmax(logits)`` at temperature 1 over the
+        full vocabulary, at the position after the prompt, taken at each candidate id (so a row need
+        not sum to 1). Deterministic, no sampling. Used by the self-judge reward
+        (``srtlab.rewards.self_judge``): one batched scoring call, no generation.
+        """
         ...
 
     def sleep(self) -> None: ...

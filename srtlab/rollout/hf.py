@@ -26,9 +26,14 @@ from srtlab.types import Prompt, RolloutBatch
 
 def render_prompts(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
     """Chat-template each prompt and tokenize it (no padding)."""
+    return render_messages(tokenizer, [p.messages for p in prompts])
+
+
+def render_messages(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
+    """Chat-template each message list, generation prompt added, and tokenize it (no padding)."""
     ids = []
-    for p in prompts:
-        text = tokenizer.apply_chat_template(p.messages, add_generation_prompt=True, tokenize=False)
+    for messages in conversations:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return ids
 
@@ -70,14 +75,23 @@ class HFEngine:
         self.policy = model
         self.model = model
         if dtype is not None and getattr(torch, dtype) != next(model.parameters()).dtype:
-            self.model = copy.deepcopy(model).to(getattr(torch, dtype)).eval().requires_grad_(False)
+            sampler = copy.deepcopy(model)
+            if hasattr(sampler, "merge_and_unload"):  # LoRA: a plain model (the copy, never the policy, is merged)
+                sampler = sampler.merge_and_unload()  # synced with merged weights (srtlab.rollout.sync)
+            self.model = sampler.to(getattr(torch, dtype)).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.answer_style = answer_style
         self.prompts_per_call = prompts_per_call
         self.share_prefill = share_prefill
 
-    def generate(self, prompts: list[Prompt], n: int, sampling: SamplingSettings, seed: int) -> RolloutBatch:
-        prompt_ids = render_prompts(self.tokenizer, prompts)
+    def generate(self, prompts: list[Prompt], n: int, sampling: SamplingSettings, seed: int,
+                 prompt_ids: list[list[int]] | None = None) -> RolloutBatch:
+        if prompt_ids is None:
+            prompt_ids = render_prompts(self.tokenizer, prompts)
+        elif len(prompt_ids) != len(prompts):
+            raise ValueError(f"{len(prompt_ids)} prompt_ids lists for {len(prompts)} prompts; give one per prompt")
+        else:  # token ids to continue from (a multi-turn program's prefix), used as given
+            prompt_ids = [list(ids) for ids in prompt_ids]
         completions: list[list[int]] = []
         was_training = self.model.training
         self.model.eval()
@@ -124,6 +138,30 @@ class HFEngine:
             past_key_values=cache,
         )
         return [row.tolist() for row in out[:, ids.shape[1]:]]
+
+    @torch.no_grad()
+    def next_token_logprobs(self, prompts: list[list[dict[str, str]]], token_ids: list[int],
+                            rows_per_pass: int = 32) -> torch.Tensor:
+        """[N, K] float32 log-probs (temperature 1) of the K ``token_ids`` as the next token after each
+        chat prompt (see ``RolloutEngine.next_token_logprobs``). One forward pass per ``rows_per_pass``
+        prompts, left padded, with the sampling model (the bf16 copy when there is one)."""
+        ids = render_messages(self.tokenizer, prompts)
+        device = next(self.model.parameters()).device
+        candidates = torch.tensor(token_ids, dtype=torch.long, device=device)  # [K]
+        out = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(ids), rows_per_pass):
+                batch, mask = (t.to(device) for t in left_pad(ids[start:start + rows_per_pass],
+                                                              self.tokenizer.pad_token_id))  # [n, L]
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(input_ids=batch, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=1).logits[:, -1]  # [n, V]
+                out.append(torch.log_softmax(logits.float(), dim=-1)[:, candidates].cpu())  # [n, K]
+        finally:
+            self.model.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, len(token_ids))
 
     def _eos_ids(self) -> list[int]:
         eos = self.model.generation_config.eos_token_id

@@ -1,0 +1,142 @@
+"""``python -m srtlab label``: frozen-teacher labels for the training prompts (the SRT paper's baseline).
+
+A fixed model (the base model, or a fit checkpoint with ``ckpt_path``) samples k answers per training
+prompt (once per distinct question); each prompt's majority answer is its label, and the majority's
+share of the k samples its vote share. Every prompt is written to a jsonl file, one row each::
+
+    {"id", "task", "answer_kind", "question", "entry", "answers", "label", "share", "kept", "gold", "label_correct"}
+
+``kept`` is false where the share is below ``label.min_share`` (the paper's "easy" curriculum keeps only
+the most self-consistent prompts) or no sample had an answer; ``reward=teacher`` and
+``data.train_ids_from`` read only kept rows. ``gold`` and ``label_correct`` are for monitoring: the
+teacher never reads them. The same config tree as ``fit`` (model, data, rollout, seed) decides the
+prompts and the sampling, so a teacher run with the same settings trains on exactly these prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.rewards.self_judge import question_of
+from srtlab.rewards.vote import vote_groups
+
+LABEL_SEED_OFFSET = 3_331  # labelling samples use other seeds than training and evaluation samples
+
+
+@dataclass
+class LabelSettings:
+    """What ``label`` does: k samples per prompt, the kept threshold, how many prompts, where to write."""
+
+    out: str
+    k: int = 16
+    min_share: float = 0.0
+    size: int | None = None  # the first ``size`` training prompts, or all
+    prompts_per_call: int = 32  # prompts sampled per engine call (progress is printed per call)
+
+    def validate(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"label.k={self.k}; must be >= 1")
+        if not 0.0 <= self.min_share <= 1.0:
+            raise ValueError(f"label.min_share={self.min_share}; must be in [0, 1]")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"label.size={self.size}; must be >= 1 or null")
+
+
+def load_policy(cfg: DictConfig):
+    """-> (model, tokenizer): ``model.path``, with the weights of ``ckpt_path`` when given."""
+    from srtlab.models.load import load_model, load_tokenizer
+
+    model = load_model(cfg.model.path, cfg.model.dtype, instantiate(cfg.model.lora), cfg.model.trust_remote_code)
+    if cfg.get("ckpt_path"):
+        state = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return model.eval(), load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+
+
+def label_rows(engine, prompts: list, settings: LabelSettings, sampling, seed: int) -> list[dict[str, Any]]:
+    """Sample k answers per distinct question with ``engine``; one labels-file row per prompt.
+
+    Training sets of small tasks repeat questions (single-digit products: 2000 prompts, 68 questions),
+    so each distinct question is sampled once and its label shared by the prompts that ask it.
+    """
+    firsts: dict[str, Any] = {}  # question -> the first prompt asking it
+    for p in prompts:
+        firsts.setdefault(question_of(p), p)
+    unique = list(firsts.values())
+    gold_monitor = GroundTruth()
+    results: dict[str, dict[str, Any]] = {}  # question -> the columns its prompts share
+    for start in range(0, len(unique), settings.prompts_per_call):
+        chunk = unique[start:start + settings.prompts_per_call]
+        with torch.no_grad():
+            rollouts = engine.generate(chunk, settings.k, sampling, seed=seed * 1_000_003 + LABEL_SEED_OFFSET + start)
+        correct = gold_monitor(rollouts).rewards  # [b*k], NaN without gold
+        for prompt, group, vote in zip(chunk, rollouts.groups(), vote_groups(rollouts)):
+            rep = vote.representative
+            results[question_of(prompt)] = {
+                "answers": [rollouts.answers[i] for i in group], "label": vote.answer, "share": vote.share,
+                "kept": vote.answer is not None and vote.share >= settings.min_share,
+                "label_correct": None if rep is None or torch.isnan(correct[rep]) else bool(correct[rep] > 0.5),
+            }
+        print(f"labelled {min(start + len(chunk), len(unique))}/{len(unique)} distinct questions "
+              f"({len(prompts)} prompts)", flush=True)
+    rows = []
+    for p in prompts:
+        q = question_of(p)
+        rows.append({"id": p.id, "task": p.task, "answer_kind": p.answer_kind, "question": q,
+                     "entry": p.metadata.get("entry"), **results[q], "gold": p.answer})
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], min_share: float) -> dict[str, float]:
+    """Label accuracy against gold (all labelled prompts, and the kept ones) and the kept fraction."""
+    def accuracy(sel: list[dict[str, Any]]) -> float | None:
+        judged = [r["label_correct"] for r in sel if r["label_correct"] is not None]
+        return sum(judged) / len(judged) if judged else None
+
+    kept = [r for r in rows if r["kept"]]
+    return {"prompts": len(rows), "distinct_questions": len({r["question"] for r in rows}), "kept": len(kept),
+            "kept_fraction": len(kept) / max(len(rows), 1),
+            "min_share": min_share, "label_accuracy": accuracy(rows), "kept_label_accuracy": accuracy(kept),
+            "mean_share": sum(r["share"] for r in rows) / max(len(rows), 1)}
+
+
+def label(cfg: DictConfig) -> dict[str, Any]:
+    """Write the teacher labels file for the training prompts and print how good the labels are."""
+    from srtlab.train import _setup
+
+    settings: LabelSettings = instantiate(cfg.label)
+    try:
+        settings.validate()
+    except ValueError as err:
+        raise SystemExit(f"config error: {err}") from None
+    run_dir = _setup(cfg)
+    start = time.time()
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    prompts = list(datamodule.train.prompts)[: settings.size]
+    model, tokenizer = load_policy(cfg)
+    engine = instantiate(cfg.rollout.engine)(model=model, tokenizer=tokenizer)
+    rows = label_rows(engine, prompts, settings, instantiate(cfg.rollout.sampling), cfg.seed)
+    out = Path(settings.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        f.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+    summary = {**summarize(rows, settings.min_share), "k": settings.k, "file": str(out),
+               "wall_s": round(time.time() - start, 1)}
+    (run_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"
+    print(f"\nlabels: {out}\n{summary['prompts']} prompts ({summary['distinct_questions']} distinct questions) x "
+          f"{settings.k} samples; "
+          f"label accuracy vs gold {fmt(summary['label_accuracy'])}; kept (share >= {settings.min_share}) "
+          f"{summary['kept']}/{summary['prompts']} = {summary['kept_fraction']:.3f}, "
+          f"their label accuracy {fmt(summary['kept_label_accuracy'])}; mean vote share {summary['mean_share']:.3f}")
+    return summary

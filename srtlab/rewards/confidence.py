@@ -1,0 +1,149 @@
+"""Confidence rewards: how sure the policy is of its own completion, from its token distributions.
+
+``kind`` picks the per-sequence statistic, computed with the trainer's current weights over the
+completion tokens (position t is the distribution that produced token t), at temperature ``temperature``:
+
+- ``self_certainty`` (Kang et al. 2025, arXiv 2502.18581; the reward of Intuitor, Zhao et al. 2025):
+  the mean over tokens of KL(U || p_t) = -log V - (1/V) sum_v log p_t(v), the divergence of the token
+  distribution from uniform over the vocabulary (V tokens). Larger = more peaked.
+- ``neg_entropy`` (RENT, Prabhudesai et al. 2025): minus the mean over tokens of the entropy
+  H(p_t) = -sum_v p_t(v) log p_t(v).
+- ``seq_logprob`` (RLSC, Li et al. 2025, "Confidence is all you need"): log p(y | x) = sum over tokens of
+  log p_t(y_t), the sequence's own log-probability (RLSC maximises p(y | x); ranking is the same).
+
+The raw statistics have unlike scales (nats, summed or averaged), so by default they are turned into
+ranks within each group (``normalize="rank"``): (number of group members with a lower value + half the
+number with an equal one) / (G - 1), in [0, 1], 1.0 for the group's most confident completion. Then
+``reward > 0.5`` reads "more confident than the group's median", which is what the mix's
+``agreement/confidence`` compares with correctness, and a weight of 0.2 next to the vote means the same
+thing whatever the kind. ``"zscore"`` standardises within the group; ``"none"`` keeps the raw value.
+
+Cost and a deviation from "in the training forward pass": the reward is needed before advantages are
+computed, so it cannot come from the gradient pass itself. It is one extra no-grad forward pass of the
+trainer's model over the B*G completions (each prompt's pass shared by its G completions, in micro-batches
+of ``policy.micro_batch_prompts`` prompts, under the trainer's precision), with full-vocabulary
+statistics reduced in place, so nothing of vocabulary size leaves the trainer or comes from the engine.
+A completion with no tokens gets NaN; every other completion has an opinion, readable answer or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from srtlab.rewards.base import RewardContext
+from srtlab.types import RewardOutput, RolloutBatch
+
+KINDS = ("self_certainty", "neg_entropy", "seq_logprob")
+NORMALIZATIONS = ("rank", "zscore", "none")
+
+
+# -- per-sequence statistics (pure functions of logits) ----------------------------------------------
+def token_statistics(logits: torch.Tensor, ids: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token statistic [N, T] from logits [N, T, V] (already divided by the temperature) and ids [N, T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [N, T, V]
+    if kind == "self_certainty":
+        vocab = logp.shape[-1]
+        return -math.log(vocab) - logp.mean(-1)  # KL(U || p_t)
+    if kind == "neg_entropy":
+        return (logp.exp() * logp).sum(-1)  # -H(p_t)
+    if kind == "seq_logprob":
+        return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # log p_t(y_t)
+    raise ValueError(f"confidence kind={kind!r}; accepted: {', '.join(KINDS)}")
+
+
+def sequence_confidence(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
+    """[N] per-sequence value: the token mean (self_certainty, neg_entropy) or sum (seq_logprob) over
+    the mask [N, T]; NaN for a sequence without tokens."""
+    values = token_statistics(logits, ids, kind) * mask  # [N, T]
+    count = mask.sum(-1).float()  # [N]
+    total = values.sum(-1)
+    out = total if kind == "seq_logprob" else total / count.clamp(min=1)
+    return torch.where(count > 0, out, torch.full_like(out, math.nan))
+
+
+def normalize_in_groups(values: torch.Tensor, n: int, how: str) -> torch.Tensor:
+    """[B*G] -> [B*G]: rank in [0, 1], z-score, or unchanged, within each group of n; NaN stays NaN."""
+    if how == "none":
+        return values.clone()
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"confidence normalize={how!r}; accepted: {', '.join(NORMALIZATIONS)}")
+    out = torch.full_like(values, math.nan)
+    for start in range(0, len(values), n):
+        group = values[start:start + n]
+        ok = ~torch.isnan(group)
+        v = group[ok]
+        if len(v) == 0:
+            continue
+        if how == "rank":
+            lower = (v[None, :] < v[:, None]).sum(1).float()  # members below each one
+            equal = (v[None, :] == v[:, None]).sum(1).float() - 1  # ties, itself excluded
+            scored = (lower + 0.5 * equal) / (len(v) - 1) if len(v) > 1 else torch.full_like(v, 0.5)
+        else:
+            std = v.std(unbiased=False)
+            scored = (v - v.mean()) / (std + 1e-6)
+        out[start:start + n][ok] = scored
+    return out
+
+
+class Confidence:
+    """Reward = the policy's confidence in each completion (see the module docstring for the kinds).
+
+    Args:
+        kind: ``self_certainty``, ``neg_entropy`` or ``seq_logprob``.
+        normalize: ``rank`` (default), ``zscore`` or ``none``, within each group.
+        temperature: the distribution the statistic is taken of (1.0: the model's own).
+    """
+
+    name = "confidence"
+    uses_context = True
+
+    def __init__(self, kind: str = "self_certainty", normalize: str = "rank", temperature: float = 1.0) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"confidence kind={kind!r}; accepted: {', '.join(KINDS)}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"confidence normalize={normalize!r}; accepted: {', '.join(NORMALIZATIONS)}")
+        if temperature <= 0:
+            raise ValueError(f"confidence temperature={temperature}; must be > 0")
+        self.kind, self.normalize, self.temperature = kind, normalize, temperature
+
+    def __call__(self, rollouts: RolloutBatch, context: RewardContext) -> RewardOutput:
+        if context is None or context.policy is None:
+            raise ValueError("confidence needs the policy module (RewardContext.policy) to score completions")
+        raw = self.raw_values(rollouts, context.policy)  # [B*G]
+        rewards = normalize_in_groups(raw, rollouts.n, self.normalize)
+        ok = ~torch.isnan(raw)
+        metrics = {f"raw_{self.kind}": raw[ok].mean().item()} if ok.any() else {}
+        return RewardOutput(rewards=rewards, metrics=metrics)
+
+    @torch.no_grad()
+    def raw_values(self, rollouts: RolloutBatch, policy) -> torch.Tensor:
+        """[B*G] raw statistic with the trainer's weights, micro-batched by whole groups."""
+        from srtlab.modules.policy import completion_logits
+
+        n, model = rollouts.n, policy.model
+        step = max(1, getattr(policy, "micro_batch_prompts", 4))
+        out = []
+        was_training = model.training
+        model.eval()
+        try:
+            with _precision_context(policy):
+                for start in range(0, len(rollouts.prompts), step):
+                    groups = range(start, min(start + step, len(rollouts.prompts)))
+                    p_ids = [rollouts.prompt_ids[b] for b in groups]
+                    c_ids = [rollouts.completion_ids[i] for b in groups for i in range(b * n, (b + 1) * n)]
+                    logits, ids, mask = completion_logits(model, p_ids, c_ids, n, policy.tokenizer.pad_token_id)
+                    out.append(sequence_confidence(logits.float() / self.temperature, ids, mask, self.kind).cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(out).float()
+
+
+def _precision_context(policy):
+    """The trainer's precision context (bf16 autocast under ``bf16-mixed``), or nothing outside a trainer."""
+    trainer = getattr(policy, "_trainer", None)
+    if trainer is None:
+        return contextlib.nullcontext()
+    return trainer.precision_plugin.forward_context()

@@ -1,0 +1,439 @@
+"""Reflect, Retry, Reward (Bensal et al. 2025, arXiv 2505.24726) as a rollout program.
+
+When the policy fails a task it writes a self-reflection on its failed attempt, then retries with the
+reflection in context; a reflection is rewarded when its retry succeeds, and only the reflection's tokens
+receive the advantage. One training batch (:meth:`ReflectRetry.__call__`):
+
+1. first attempts: ``attempts`` samples per prompt;
+2. a verdict on each attempt from the failure signal (``signal``, below); per prompt, up to
+   ``failures_per_prompt`` failed attempts become cases;
+3. G reflections per case (G = ``rollout.n``), sampled after prompt + failed attempt + the reflection
+   instruction; the engine gets these as token ids (the sampled attempt is reused, never re-encoded);
+4. one retry per reflection, after prompt + attempt + reflection + the retry instruction;
+5. a verdict on each retry: the reward of a reflection is 1.0 when its retry succeeds, else 0.0.
+   With ``plain_retry`` the program also samples G retries per case with no reflection (the same
+   context less the reflection turn), only as a metric: the gain of simply trying twice.
+
+The returned :class:`RolloutBatch` has one group per case. Its prompt is prompt + failed attempt +
+reflection instruction (shared by the G reflections, as GRPO's group prompt); each completion is the
+whole rest of the episode: reflection, retry instruction, retry; ``loss_mask`` is 1 on the reflection's
+tokens (its end-of-turn token included) and 0 on the rest, so the advantage goes to the reflection
+alone. Keeping the retry in the completion costs its tokens one forward pass in training (no gradient),
+and keeps each trained sample a complete record of its episode (``keep_retry=False`` drops it).
+``texts`` are the reflections, ``answers`` the retries' answers.
+
+The failure signal (``signal``) decides both verdicts:
+- ``ground_truth``: the gold answer, as in the paper;
+- ``vote``: the prompt's self-label, the majority answer of its first attempts (no verifier): an attempt
+  fails when it disagrees with the label, a retry succeeds when it agrees. Prompts whose majority is
+  backed by fewer than ``min_agreement`` of the attempts (or that have no answer at all) are skipped;
+- ``mix``: the run's reward mix, thresholded at 0.5, on the first attempts (in their groups) and on the
+  retries (the G retries of a case as a group); meant for per-completion sources such as ``self_judge``.
+The run's reward mix always scores the first attempts, so the usual monitors (``gt_accuracy``,
+``majority_share``, ``reward/<source>``) describe first attempts.
+
+Simplifications: the paper samples one first attempt per task (ground truth needs only one; the vote
+needs several, so both signals use ``attempts``); a step where no attempt fails trains nothing (its
+batch carries the first attempts with zero reward and an all-zero mask). :meth:`ReflectRetry.evaluate`
+and :class:`RetryEvaluation` measure held-out accuracy with and without a retry, always by the gold answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from srtlab.eval.canonical import answers_equivalent, cluster_answers
+from srtlab.eval.metrics import majority_vote
+from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.rollout.engine import RolloutEngine, SamplingSettings
+from srtlab.types import Prompt, RewardOutput, RolloutBatch
+
+SIGNALS = ("ground_truth", "vote", "mix")
+QUESTION = "{question}"  # in an instruction: replaced by the prompt's question (its last user message)
+PLACEHOLDER = "\u2063R3\u2063"  # an assistant turn's content, to find where the template closes the turn
+
+
+# -- token-level pieces (pure functions) -------------------------------------------------------------
+def question_of(prompt: Prompt) -> str:
+    """The question as the policy saw it: the last user message of the prompt."""
+    users = [m["content"] for m in prompt.messages if m.get("role") == "user"]
+    if not users:
+        raise ValueError(f"prompt {prompt.id!r} has no user message")
+    return users[-1]
+
+
+def turn_text(tokenizer, instruction: str) -> str:
+    """The text that closes an assistant turn and adds a user turn ``instruction`` plus a new assistant turn.
+
+    Read off the tokenizer's chat template: a conversation rendered with and without the extra user
+    turn (the first must be a prefix of the second). For ChatML:
+    ``"<|im_end|>\\n<|im_start|>user\\n{instruction}<|im_end|>\\n<|im_start|>assistant\\n"``.
+    """
+    base = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": PLACEHOLDER}]
+    before = tokenizer.apply_chat_template(base, tokenize=False)
+    after = tokenizer.apply_chat_template(base + [{"role": "user", "content": instruction}], tokenize=False,
+                                          add_generation_prompt=True)
+    if not after.startswith(before) or PLACEHOLDER not in before:
+        raise ValueError("the chat template does not render a conversation as a prefix of its continuation; "
+                         "reflect-and-retry needs a template that appends turns (ChatML, Llama, ...)")
+    return before[before.rindex(PLACEHOLDER) + len(PLACEHOLDER):] + after[len(before):]
+
+
+def turn_ids(tokenizer, instruction: str) -> list[int]:
+    """:func:`turn_text` as token ids (special tokens in it recognised, none added)."""
+    return tokenizer(turn_text(tokenizer, instruction), add_special_tokens=False)["input_ids"]
+
+
+def continue_after(turn: list[int], finished: bool, next_turn: list[int]) -> list[int]:
+    """A sampled assistant turn followed by ``next_turn`` (see :func:`turn_ids`).
+
+    A finished turn (it ended with an end-of-turn token) loses that token, because ``next_turn`` starts
+    by closing the turn itself; a truncated turn is closed by ``next_turn``.
+    """
+    return (turn[:-1] if finished and turn else turn) + next_turn
+
+
+def episode(reflection: list[int], finished: bool, retry_turn: list[int], retry: list[int]) -> tuple[list[int], list[int]]:
+    """-> (completion ids, loss mask) of one reflection and its retry.
+
+    The completion is reflection, retry instruction turn, retry. The mask is 1 on the first
+    ``len(reflection)`` tokens: the reflection as sampled, its end-of-turn token included when it
+    finished (that position holds the turn's closing token); 0 on the instruction turn and the retry.
+    """
+    ids = continue_after(reflection, finished, retry_turn) + retry
+    return ids, [1] * len(reflection) + [0] * (len(ids) - len(reflection))
+
+
+# -- verdicts -----------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    """A failed first attempt to reflect on."""
+
+    prompt: int  # index into the batch's prompts
+    attempt: int  # index into the first-attempt batch
+    label: str | None = None  # the self-label (vote signal), the answer a retry must agree with
+
+
+class Verdicts:
+    """Success or failure of first attempts and of retries, by the chosen failure signal."""
+
+    def __init__(self, signal: str, min_agreement: float, score, gold: GroundTruth) -> None:
+        self.signal, self.min_agreement, self.score, self.gold = signal, min_agreement, score, gold
+
+    def first(self, attempts: RolloutBatch, mixed: RewardOutput) -> tuple[list[bool | None], list[str | None]]:
+        """-> success of each attempt (None: no verdict, the prompt is skipped), and each prompt's label."""
+        labels: list[str | None] = [None] * len(attempts.prompts)
+        if self.signal == "ground_truth":
+            ok = self.gold(attempts).rewards
+            return [None if math.isnan(x) else x > 0.5 for x in ok.tolist()], labels
+        if self.signal == "mix":
+            return [x > 0.5 for x in mixed.rewards.tolist()], labels
+        success: list[bool | None] = []
+        for b, (prompt, group) in enumerate(zip(attempts.prompts, attempts.groups())):
+            ids = cluster_answers([attempts.answers[i] for i in group], prompt.answer_kind)
+            majority, share = majority_vote(ids)
+            if majority is None or share < self.min_agreement:
+                success += [None] * len(group)
+                continue
+            labels[b] = attempts.answers[group[ids.index(majority)]]
+            success += [c == majority for c in ids]
+        return success, labels
+
+    def retries(self, retries: RolloutBatch, labels: list[str | None]) -> list[bool]:
+        """Success of each retry; ``retries`` has one prompt per case, ``labels`` one label per case."""
+        if self.signal == "ground_truth":
+            return [x > 0.5 for x in self.gold(retries).rewards.tolist()]
+        if self.signal == "mix":
+            return [x > 0.5 for x in self.score(retries).rewards.tolist()]
+        success = []
+        for prompt, label, group in zip(retries.prompts, labels, retries.groups()):
+            for i in group:
+                answer = retries.answers[i]
+                success.append(answer is not None and label is not None
+                               and answers_equivalent(label, answer, prompt.answer_kind))
+        return success
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+# -- the program ---------------------------------------------------------------------------------------
+class ReflectRetry:
+    """The reflect-and-retry rollout program (see the module docstring); config key ``rollout.program``.
+
+    Args:
+        signal: the failure signal, ``ground_truth`` | ``vote`` | ``mix``.
+        attempts: first attempts per prompt (>= 2 for ``vote``).
+        failures_per_prompt: failed attempts per prompt that get G reflections each.
+        reflect_instruction: the user turn asking for a reflection on the failed attempt.
+        retry_instruction: the user turn asking for a new answer.
+        reflect_max_new_tokens: the reflection's token budget (retries use the run's sampling settings).
+        min_agreement: ``vote`` only: a label must be backed by at least this share of the attempts.
+        plain_retry: also sample G retries with no reflection per case (a metric, not trained).
+        keep_retry: keep the retry in the trained completion (mask 0), or train on the reflection alone.
+    """
+
+    def __init__(self, signal: str = "ground_truth", attempts: int = 4, failures_per_prompt: int = 1,
+                 reflect_instruction: str = "Your answer is wrong. In one or two sentences, say what went wrong.",
+                 retry_instruction: str = "Try again.", reflect_max_new_tokens: int = 64,
+                 min_agreement: float = 0.5, plain_retry: bool = True, keep_retry: bool = True) -> None:
+        if signal not in SIGNALS:
+            raise ValueError(f"rollout.program.signal={signal!r}; accepted: {', '.join(SIGNALS)}")
+        if attempts < (2 if signal == "vote" else 1):
+            raise ValueError(f"rollout.program.attempts={attempts}; the {signal!r} signal needs at least "
+                             f"{2 if signal == 'vote' else 1} first attempts per prompt")
+        if failures_per_prompt < 1 or failures_per_prompt > attempts:
+            raise ValueError(f"rollout.program.failures_per_prompt={failures_per_prompt}; must be in [1, attempts]")
+        if reflect_max_new_tokens < 1:
+            raise ValueError(f"rollout.program.reflect_max_new_tokens={reflect_max_new_tokens}; must be >= 1")
+        if not 0.0 <= min_agreement <= 1.0:
+            raise ValueError(f"rollout.program.min_agreement={min_agreement}; must be in [0, 1]")
+        self.signal, self.attempts, self.failures_per_prompt = signal, attempts, failures_per_prompt
+        self.reflect_instruction, self.retry_instruction = reflect_instruction, retry_instruction
+        self.reflect_max_new_tokens, self.min_agreement = reflect_max_new_tokens, min_agreement
+        self.plain_retry, self.keep_retry = plain_retry, keep_retry
+        self._turns: dict[tuple[int, str], tuple[list[int], list[int]]] = {}  # -> (reflect, retry) turn ids
+        self.gold = GroundTruth()  # the monitor (and the ground_truth signal); keeps its task scorers
+
+    def turns(self, tokenizer, prompt: Prompt) -> tuple[list[int], list[int]]:
+        """The reflection and retry instruction turns of ``prompt`` as token ids (``{question}`` filled in)."""
+        question = question_of(prompt)
+        key = (id(tokenizer), question if QUESTION in self.reflect_instruction + self.retry_instruction else "")
+        if key not in self._turns:
+            self._turns[key] = (turn_ids(tokenizer, self.reflect_instruction.replace(QUESTION, question)),
+                                turn_ids(tokenizer, self.retry_instruction.replace(QUESTION, question)))
+        return self._turns[key]
+
+    def ends_turn(self, tokenizer):
+        """-> whether sampled ids end their turn: the last id is the eos or the template's closing token
+        (not the finish reason: an engine may report a stop string as "stop")."""
+        end_ids = {tokenizer.eos_token_id, turn_ids(tokenizer, "")[0]}
+        return lambda ids: bool(ids) and ids[-1] in end_ids
+
+    # 3-5: reflections, retries, plain retries of some failed attempts
+    def reflect_and_retry(self, engine: RolloutEngine, prompts: list[Prompt], attempts: RolloutBatch,
+                          cases: list[Case], n: int, sampling: SamplingSettings, seed: int, plain_retry: bool
+                          ) -> tuple[RolloutBatch, RolloutBatch, RolloutBatch | None]:
+        """-> reflections (n per case), retries (one per reflection, n per case), plain retries (n per case,
+        or None without ``plain_retry``).
+
+        Each batch has one prompt per case (the case's original prompt, for scoring) and continues from
+        token ids: the attempt's prompt ids and sampled tokens are reused as they are.
+        """
+        case_prompts = [prompts[c.prompt] for c in cases]
+        turns = [self.turns(engine.tokenizer, p) for p in case_prompts]  # [C] (reflect turn, retry turn)
+        ended = self.ends_turn(engine.tokenizer)
+        before = [attempts.prompt_ids[c.prompt] + continue_after(
+            attempts.completion_ids[c.attempt], ended(attempts.completion_ids[c.attempt]), []) for c in cases]
+        reflect_ctx = [b + t[0] for b, t in zip(before, turns)]  # [C] prompt + attempt + instruction
+        reflect_sampling = replace(sampling, max_new_tokens=self.reflect_max_new_tokens)
+        reflections = engine.generate(case_prompts, n, reflect_sampling, seed=seed * 4 + 1, prompt_ids=reflect_ctx)
+        retry_ctx = [reflect_ctx[i // n] + continue_after(r, ended(r), turns[i // n][1])
+                     for i, r in enumerate(reflections.completion_ids)]
+        retries = engine.generate([case_prompts[i // n] for i in range(len(retry_ctx))], 1, sampling,
+                                  seed=seed * 4 + 2, prompt_ids=retry_ctx)  # [C*n], one per reflection
+        retries = regroup(retries, case_prompts, n)
+        plain = None
+        if plain_retry:
+            plain_ctx = [b + t[1] for b, t in zip(before, turns)]
+            plain = engine.generate(case_prompts, n, sampling, seed=seed * 4 + 3, prompt_ids=plain_ctx)
+        return reflections, retries, plain
+
+    def __call__(self, engine: RolloutEngine, prompts: list[Prompt], n: int, sampling: SamplingSettings,
+                 seed: int, score) -> RolloutBatch:
+        verdicts = Verdicts(self.signal, self.min_agreement, score, self.gold)
+        # 1. first attempts, scored by the run's mix (the monitors), 2. the verdicts and the cases
+        attempts = engine.generate(prompts, self.attempts, sampling, seed=seed * 4)
+        mixed = score(attempts)
+        success, labels = verdicts.first(attempts, mixed)
+        cases = []
+        for b, group in enumerate(attempts.groups()):
+            failed = [i for i in group if success[i] is False]
+            cases += [Case(b, i, labels[b]) for i in failed[: self.failures_per_prompt]]
+        judged = [s for s in success if s is not None]
+        metrics = dict(mixed.metrics)
+        metrics.update({f"r3/signal/{self.signal}": 1.0, "r3/first_success": _mean([float(s) for s in judged]),
+                        "r3/judged": len(judged) / len(success), "r3/cases": float(len(cases))})
+        gold = self._gold_rate(attempts)
+        if gold is not None:
+            metrics["r3/first_accuracy"] = gold
+        if not cases:  # nothing failed: nothing to reflect on, nothing trained
+            attempts.rewards = torch.zeros(len(attempts))
+            attempts.loss_mask = [[0] * len(c) for c in attempts.completion_ids]
+            attempts.metrics = metrics
+            return attempts
+
+        # 3-5. reflections, retries and their verdicts: a reflection's reward is its retry's success
+        reflections, retries, plain = self.reflect_and_retry(engine, prompts, attempts, cases, n, sampling, seed,
+                                                             self.plain_retry)
+        case_labels = [c.label for c in cases]
+        ok = verdicts.retries(retries, case_labels)  # [C*n]
+        batch = self._training_batch(engine.tokenizer, reflections, retries, ok)
+        metrics.update(self._retry_metrics(attempts, cases, reflections, retries, ok))
+        if plain is not None:
+            plain_ok = verdicts.retries(plain, case_labels)
+            metrics["r3/plain_retry_success"] = _mean([float(x) for x in plain_ok])
+            gold = self._gold_rate(plain)
+            if gold is not None:
+                metrics["r3/plain_retry_accuracy"] = gold
+        batch.metrics = metrics
+        return batch
+
+    def _training_batch(self, tokenizer, reflections: RolloutBatch, retries: RolloutBatch,
+                        ok: list[bool]) -> RolloutBatch:
+        """One group per case: prompt + attempt + instruction -> n completions (reflection [+ retry])."""
+        completions, masks, ended = [], [], self.ends_turn(tokenizer)
+        for i, (refl, retry) in enumerate(zip(reflections.completion_ids, retries.completion_ids)):
+            if self.keep_retry:
+                retry_turn = self.turns(tokenizer, reflections.prompts[i // reflections.n])[1]
+                ids, mask = episode(refl, ended(refl), retry_turn, retry)
+            else:
+                ids, mask = list(refl), [1] * len(refl)
+            completions.append(ids)
+            masks.append(mask)
+        return replace(reflections, completion_ids=completions, loss_mask=masks, answers=list(retries.answers),
+                       rewards=torch.tensor([float(x) for x in ok]), sampler_logprobs=None, metrics={})
+
+    def _retry_metrics(self, attempts: RolloutBatch, cases: list[Case], reflections: RolloutBatch,
+                       retries: RolloutBatch, ok: list[bool]) -> dict[str, float]:
+        n = reflections.n
+        same = [retries.answers[i] is not None and retries.answers[i] == attempts.answers[cases[i // n].attempt]
+                for i in range(len(retries))]
+        metrics = {"r3/retry_success": _mean([float(x) for x in ok]),
+                   "r3/fixed_any": _mean([float(any(ok[c * n:(c + 1) * n])) for c in range(len(cases))]),
+                   "r3/retry_same_answer": _mean([float(x) for x in same]),
+                   "r3/reflection_length": _mean([float(len(c)) for c in reflections.completion_ids]),
+                   "r3/reflection_truncated": reflections.finish_reasons.count("length") / len(reflections)}
+        rewarded = [float(len(c)) for c, good in zip(reflections.completion_ids, ok) if good]
+        if rewarded:  # against r3/reflection_length: is length itself being rewarded?
+            metrics["r3/reflection_length_rewarded"] = _mean(rewarded)
+        gold = self._gold_rate(retries)
+        if gold is not None:
+            metrics["r3/retry_accuracy"] = gold
+        return metrics
+
+    def _gold_rate(self, rollouts: RolloutBatch) -> float | None:
+        """Share of completions correct by the gold answer (prompts without one left out), or None."""
+        ok = self.gold(rollouts).rewards
+        ok = ok[~torch.isnan(ok)]
+        return float(ok.mean()) if len(ok) else None
+
+    # -- evaluation with and without a retry ------------------------------------------------------------
+    def evaluate(self, engine: RolloutEngine, prompts: list[Prompt], k: int, sampling: SamplingSettings,
+                 seed: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """Held-out accuracy of one attempt, two attempts with a reflection between, two attempts without.
+
+        k first attempts per prompt; every attempt that is wrong by the gold answer gets one reflection and
+        one retry, and (separately) one plain retry. Returns metrics (unprefixed) and one sample row per
+        prompt. ``first``: mean first-attempt accuracy; ``reflect``: solved within two attempts with a
+        reflection; ``plain``: solved within two attempts with a plain "try again"; ``fixed`` and
+        ``plain_fixed``: share of failed attempts that the second attempt turns into successes.
+        """
+        prompts = [p for p in prompts if p.answer is not None]
+        if not prompts:
+            return {}, []
+        gold = self.gold
+        attempts = engine.generate(prompts, k, sampling, seed=seed * 4)
+        first = [x > 0.5 for x in gold(attempts).rewards.tolist()]  # [B*k]
+        cases = [Case(i // k, i) for i, ok in enumerate(first) if not ok]
+        fixed, plain_fixed, reflections, retries, plain = [], [], None, None, None
+        if cases:
+            reflections, retries, plain = self.reflect_and_retry(engine, prompts, attempts, cases, 1, sampling,
+                                                                 seed, plain_retry=True)
+            fixed = [x > 0.5 for x in gold(retries).rewards.tolist()]  # [C]
+            plain_fixed = [x > 0.5 for x in gold(plain).rewards.tolist()]  # [C]
+        second, second_plain = list(first), list(first)
+        for c, case in enumerate(cases):
+            second[case.attempt], second_plain[case.attempt] = fixed[c], plain_fixed[c]
+        metrics = {"first": _mean([float(x) for x in first]), "reflect": _mean([float(x) for x in second]),
+                   "plain": _mean([float(x) for x in second_plain])}
+        if cases:
+            metrics.update({"fixed": _mean([float(x) for x in fixed]), "plain_fixed": _mean([float(x) for x in plain_fixed]),
+                            "reflection_length": _mean([float(len(c)) for c in reflections.completion_ids])})
+        rows, where = [], {case.attempt: c for c, case in enumerate(cases)}
+        for b, p in enumerate(prompts):
+            row = {"id": p.id, "gold": p.answer, "attempts": []}
+            for i in range(b * k, (b + 1) * k):
+                item = {"text": attempts.texts[i], "answer": attempts.answers[i], "correct": first[i]}
+                if i in where:
+                    c = where[i]
+                    item.update(reflection=reflections.texts[c], retry=retries.texts[c], retry_correct=fixed[c],
+                                plain_retry=plain.texts[c], plain_retry_correct=plain_fixed[c])
+                row["attempts"].append(item)
+            rows.append(row)
+        return metrics, rows
+
+
+def regroup(rollouts: RolloutBatch, prompts: list[Prompt], n: int) -> RolloutBatch:
+    """A batch of C*n one-sample groups as C groups of n (group c is rows c*n .. c*n+n-1), for scoring.
+
+    The rows had contexts of their own; group c keeps the first one's ``prompt_ids``, so the result is
+    for verdicts and metrics only, never for training.
+    """
+    return replace(rollouts, prompts=list(prompts), n=n,
+                   prompt_ids=[rollouts.prompt_ids[c * n] for c in range(len(prompts))])
+
+
+class RetryEvaluation(L.Callback):
+    """Adds held-out accuracy with and without a retry to every evaluation (``callbacks.retry_eval``).
+
+    At the end of each evaluation, runs :meth:`ReflectRetry.evaluate` on every held-out set with the
+    rollout callback's engine and adds ``val/<set>/r3_<metric>`` to the evaluation's metrics (so the
+    before/after table of ``fit`` and the output of ``eval`` show them); writes every sample to
+    ``<run_dir>/samples/<set>_r3_step<N>.jsonl``. The seeds depend only on (seed, set), so evaluations
+    before and after training see the same randomness.
+
+    Args:
+        program: the reflect-and-retry settings (instructions, reflection budget).
+        k: first attempts per held-out prompt.
+        sampling: sampling settings of attempts and retries.
+        seed: the run seed.
+    """
+
+    def __init__(self, program: ReflectRetry, sampling: SamplingSettings, k: int = 4, seed: int = 0) -> None:
+        if k < 1:
+            raise ValueError(f"callbacks.retry_eval.k={k}; must be >= 1")
+        sampling.validate()
+        self.program, self.sampling, self.k, self.seed = program, sampling, k, seed
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        from srtlab.rollout.callback import VAL_SEED_OFFSET, RolloutCallback
+
+        rollout = next((cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback)), None)
+        if rollout is None:
+            raise RuntimeError("RetryEvaluation needs the RolloutCallback (its engine) among the trainer callbacks")
+        engine = rollout._engine(pl_module)
+        sets: dict[str, list[Prompt]] = {}
+        for loader in trainer.val_dataloaders if isinstance(trainer.val_dataloaders, list) else [trainer.val_dataloaders]:
+            for batch in loader:
+                sets.setdefault(batch.source, []).extend(batch.prompts)
+        metrics: dict[str, float] = {}
+        with torch.no_grad():
+            for s, (name, prompts) in enumerate(sets.items()):
+                seed = (self.seed + VAL_SEED_OFFSET) * 1_000_003 + 50_021 * (s + 1)
+                found, rows = self.program.evaluate(engine, prompts, self.k, self.sampling, seed)
+                metrics.update({f"val/{name}/r3_{key}": value for key, value in found.items()})
+                self._write(trainer, name, rows, pl_module.global_step)
+        if hasattr(pl_module, "last_val_metrics"):
+            pl_module.last_val_metrics.update(metrics)
+        if trainer.logger is not None and metrics:
+            trainer.logger.log_metrics(metrics, step=pl_module.global_step)
+
+    @staticmethod
+    def _write(trainer: L.Trainer, name: str, rows: list[dict], step: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        folder = Path(trainer.default_root_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{name}_r3_step{step}.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)

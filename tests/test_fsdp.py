@@ -1,0 +1,197 @@
+"""FSDP2 and DDP on the CPU with two gloo processes: sharded sync, and training equal to one process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import PARITY_REWARD, TINY_OVERRIDES
+
+
+# -- sync from a sharded policy: two processes spawned here ------------------------------------------
+def _gather_worker(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from srtlab.models.load import LoraSettings, load_model
+    from srtlab.modules.policy import shard_model
+    from srtlab.rollout.sync import policy_weights
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("data_parallel", "tensor_parallel"))  # as Lightning
+    results = {}
+    for kind, lora in (("plain", None), ("lora", LoraSettings(r=2, alpha=4))):
+        torch.manual_seed(0)
+        model = load_model(model_dir, "float32", lora)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+        shard_model(model, mesh)
+        assert any(type(p).__name__ == "DTensor" for p in model.parameters())
+        local = sum(p.to_local().numel() for p in model.parameters())
+        full = {k: v.clone() for k, v in policy_weights(model)}  # collective: both ranks iterate
+        results[kind] = {"weights": full, "local_numel": local}
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # two spawned processes import torch and transformers: ~30 s (fork hangs after other tests' threads)
+def test_policy_weights_gather_fsdp_shards_tensor_by_tensor(tiny_model_dir, tmp_path):
+    import copy
+
+    import torch.multiprocessing as mp
+
+    from srtlab.models.load import LoraSettings, load_model
+
+    out = tmp_path / "gathered.pt"
+    mp.spawn(_gather_worker, args=(2, _free_port(), str(tiny_model_dir), str(out)), nprocs=2)
+    got = torch.load(out)
+    plain = load_model(str(tiny_model_dir)).state_dict()
+    torch.manual_seed(0)
+    lora = load_model(str(tiny_model_dir), "float32", LoraSettings(r=2, alpha=4))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    merged = copy.deepcopy(lora).merge_and_unload().state_dict()
+    for kind, expected in (("plain", plain), ("lora", merged)):
+        weights = got[kind]["weights"]
+        assert set(weights) == set(expected)
+        for k, v in weights.items():
+            torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-6)
+    # each rank held about half of the model, not all of it
+    assert got["plain"]["local_numel"] <= 0.6 * sum(v.numel() for k, v in plain.items() if k != "lm_head.weight")
+
+
+# -- end to end: `python -m srtlab fit` on two CPU processes ------------------------------------------
+class DumpWeights(L.Callback):
+    """A test callback: every rank saves the policy's full weights at the end of fit (rank<r>.pt)."""
+
+    def on_train_end(self, trainer, pl_module):
+        from srtlab.rollout.sync import policy_weights
+
+        weights = {k: v.clone() for k, v in policy_weights(pl_module.model)}  # collective under FSDP
+        torch.save(weights, Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.pt")
+
+
+class RankParity:
+    """A test reward: rank 0 rewards even token-id sums, rank 1 odd ones, so the ranks' gradients differ."""
+
+    name = "parity"
+
+    def __call__(self, rollouts):
+        import torch.distributed as dist
+
+        from srtlab.types import RewardOutput
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return RewardOutput(rewards=torch.tensor([float(sum(c) % 2 == rank) for c in rollouts.completion_ids]))
+
+
+COMMON = ["eval_before=false", "eval_after=false", "trainer.val_check_interval=100", "optim.lr=1e-3",
+          "rollout.sampling.temperature=1.0", "trainer.max_steps=2", "data.batch_size=2", "micro_batch_prompts=1",
+          "+callbacks.dump._target_=test_fsdp.DumpWeights"]
+
+
+def _fit(model_dir, run_dir, *extra):
+    cmd = [sys.executable, "-m", "srtlab", "fit", f"model.path={model_dir}", f"run_dir={run_dir}", *TINY_OVERRIDES,
+           *COMMON, *extra]
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    proc = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [["algorithm.kl_coef=0.1"], ["model.lora.r=4"]], ids=["kl-reference", "lora"])
+def test_fsdp_fit_on_two_processes_matches_one_process(variant, tiny_model_dir, tmp_path):
+    """Both ranks get the same prompts and seeds, so the averaged gradient is the one-process gradient.
+
+    With KL on, the frozen reference is sharded too; with LoRA, the synced weights are merged ones."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _fit(tiny_model_dir, one, *PARITY_REWARD, *variant)
+    _fit(tiny_model_dir, two, *PARITY_REWARD, *variant, "trainer=fsdp", "trainer.accelerator=cpu",
+         "trainer.devices=2", "trainer.precision=32-true")
+    a, b = torch.load(one / "rank0.pt"), torch.load(two / "rank0.pt")
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+    other = torch.load(two / "rank1.pt")
+    assert all(torch.equal(other[k], b[k]) for k in b)  # every rank streams the same full weights
+    assert (two / "checkpoints" / "last.ckpt").is_dir()  # sharded: one file per rank plus metadata
+    from transformers import AutoModelForCausalLM
+
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(start[k], a[k]) for k in a)  # training did move the weights
+
+
+@pytest.mark.slow
+def test_ddp_ranks_with_different_rewards_stay_identical(tiny_model_dir, tmp_path):
+    run = tmp_path / "ddp"
+    reward = ["~reward.sources.vote", "~reward.weights.vote", "+reward.sources.parity._target_=test_fsdp.RankParity",
+              "+reward.weights.parity=1.0"]
+    _fit(tiny_model_dir, run, *reward, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+         "trainer.precision=32-true")
+    a, b = torch.load(run / "rank0.pt"), torch.load(run / "rank1.pt")
+    for k in a:  # gradients were averaged: without it the ranks would have moved apart
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    from transformers import AutoModelForCausalLM
+
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert any(not torch.equal(start[k], a[k]) for k in a)
+
+
+@pytest.mark.parametrize("trainer", ["fsdp", "ddp"])
+def test_strategy_configs_compose(trainer, tiny_cfg):
+    from hydra.utils import instantiate
+
+    from srtlab.train import check_config
+
+    cfg = tiny_cfg(f"trainer={trainer}")
+    check_config(cfg)
+    assert cfg.trainer.max_steps == 2 and cfg.trainer.accelerator == "gpu"  # the CPU defaults, on GPUs
+    if trainer == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        assert isinstance(instantiate(cfg.trainer.strategy), ModelParallelStrategy)
+
+
+def test_mlp_activation_checkpointing_keeps_gradients(tiny_model_dir):
+    """Checkpointed MLPs are recomputed in backward: same loss and gradients, names unchanged."""
+    from srtlab.modules.policy import AlgorithmSettings, OptimSettings, PolicyModule
+
+    grads = []
+    for checkpointing in (False, True):
+        policy = PolicyModule(str(tiny_model_dir), AlgorithmSettings(), OptimSettings(),
+                              activation_checkpointing=checkpointing)
+        policy.configure_model()
+        logp, mask, _ = policy.token_logprobs(policy.model, [[5, 6, 7], [8, 9]], [[10, 11], [12], [13, 14], [15]], 2)
+        (logp * mask).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in policy.model.named_parameters()})
+        if checkpointing:
+            assert any("checkpoint" in type(m).__name__.lower() for m in policy.model.modules())
+            assert set(policy.model.state_dict()) == set(load_plain(tiny_model_dir))
+    names = sorted(grads[0])
+    assert sorted(k.replace("._checkpoint_wrapped_module", "") for k in grads[1]) == names
+    for k in names:
+        torch.testing.assert_close(grads[1][k.replace(".mlp.", ".mlp._checkpoint_wrapped_module.")], grads[0][k])
+
+
+def load_plain(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir).state_dict()
