@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from srtlab.rewards.ground_truth import GroundTruth
-from srtlab.rewards.self_judge import question_of
+from srtlab.types import question_of
 from srtlab.rewards.vote import vote_groups
 
 LABEL_SEED_OFFSET = 3_331  # labelling samples use other seeds than training and evaluation samples

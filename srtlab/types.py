@@ -27,6 +27,14 @@ class Prompt:
     metadata: dict[str, Any] = field(default_factory=dict)  # reasoning-gym: {"entry": <the task's item>}
 
 
+def question_of(prompt: Prompt) -> str:
+    """The question as the policy saw it: the last user message of the prompt."""
+    users = [m["content"] for m in prompt.messages if m.get("role") == "user"]
+    if not users:
+        raise ValueError(f"prompt {prompt.id!r} has no user message")
+    return users[-1]
+
+
 @dataclass
 class PromptBatch:
     """What the datamodule yields; the rollout callback fills ``rollouts`` before the module's step."""

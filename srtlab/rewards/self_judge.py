@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from srtlab.rewards.base import RewardContext
-from srtlab.types import Prompt, RewardOutput, RolloutBatch
+from srtlab.types import RewardOutput, RolloutBatch, question_of
 
 DEFAULT_TEMPLATE = (
     "Here is a question and a proposed answer.\n\nQuestion: {question}\n\nProposed answer: {answer}\n\n"
@@ -40,14 +40,6 @@ class JudgeShot:
     question: str
     answer: str
     verdict: bool  # True: the assistant replies with the "correct" verdict word
-
-
-def question_of(prompt: Prompt) -> str:
-    """The question as the policy saw it: the last user message of the prompt."""
-    users = [m["content"] for m in prompt.messages if m.get("role") == "user"]
-    if not users:
-        raise ValueError(f"prompt {prompt.id!r} has no user message to judge")
-    return users[-1]
 
 
 class SelfJudge:

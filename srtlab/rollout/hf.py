@@ -29,6 +29,15 @@ def render_prompts(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
     return render_messages(tokenizer, [p.messages for p in prompts])
 
 
+def resolve_prompt_ids(tokenizer, prompts: list[Prompt], prompt_ids: list[list[int]] | None) -> list[list[int]]:
+    """The token ids to continue from: ``prompt_ids`` as given (one list per prompt), or the rendered prompts."""
+    if prompt_ids is None:
+        return render_prompts(tokenizer, prompts)
+    if len(prompt_ids) != len(prompts):
+        raise ValueError(f"{len(prompt_ids)} prompt_ids lists for {len(prompts)} prompts; give one per prompt")
+    return [list(ids) for ids in prompt_ids]  # a multi-turn program's prefix, used as given
+
+
 def render_messages(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
     """Chat-template each message list, generation prompt added, and tokenize it (no padding)."""
     ids = []
@@ -86,12 +95,7 @@ class HFEngine:
 
     def generate(self, prompts: list[Prompt], n: int, sampling: SamplingSettings, seed: int,
                  prompt_ids: list[list[int]] | None = None) -> RolloutBatch:
-        if prompt_ids is None:
-            prompt_ids = render_prompts(self.tokenizer, prompts)
-        elif len(prompt_ids) != len(prompts):
-            raise ValueError(f"{len(prompt_ids)} prompt_ids lists for {len(prompts)} prompts; give one per prompt")
-        else:  # token ids to continue from (a multi-turn program's prefix), used as given
-            prompt_ids = [list(ids) for ids in prompt_ids]
+        prompt_ids = resolve_prompt_ids(self.tokenizer, prompts, prompt_ids)
         completions: list[list[int]] = []
         was_training = self.model.training
         self.model.eval()

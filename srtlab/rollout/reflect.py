@@ -53,7 +53,7 @@ from srtlab.eval.canonical import answers_equivalent, cluster_answers
 from srtlab.eval.metrics import majority_vote
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
-from srtlab.types import Prompt, RewardOutput, RolloutBatch
+from srtlab.types import Prompt, RewardOutput, RolloutBatch, question_of
 
 SIGNALS = ("ground_truth", "vote", "mix")
 QUESTION = "{question}"  # in an instruction: replaced by the prompt's question (its last user message)
@@ -61,14 +61,6 @@ PLACEHOLDER = "\u2063R3\u2063"  # an assistant turn's content, to find where the
 
 
 # -- token-level pieces (pure functions) -------------------------------------------------------------
-def question_of(prompt: Prompt) -> str:
-    """The question as the policy saw it: the last user message of the prompt."""
-    users = [m["content"] for m in prompt.messages if m.get("role") == "user"]
-    if not users:
-        raise ValueError(f"prompt {prompt.id!r} has no user message")
-    return users[-1]
-
-
 def turn_text(tokenizer, instruction: str) -> str:
     """The text that closes an assistant turn and adds a user turn ``instruction`` plus a new assistant turn.
 

@@ -32,7 +32,7 @@ import torch
 from srtlab.eval.extract import extract_answer
 from srtlab.models.load import resolve_model_path
 from srtlab.rollout.engine import SamplingSettings
-from srtlab.rollout.hf import render_messages, render_prompts
+from srtlab.rollout.hf import render_messages, resolve_prompt_ids
 from srtlab.types import Prompt, RolloutBatch
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,7 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if prompt_ids is None:
-            prompt_ids = render_prompts(self.tokenizer, prompts)
-        elif len(prompt_ids) != len(prompts):
-            raise ValueError(f"{len(prompt_ids)} prompt_ids lists for {len(prompts)} prompts; give one per prompt")
-        else:
-            prompt_ids = [list(ids) for ids in prompt_ids]
+        prompt_ids = resolve_prompt_ids(self.tokenizer, prompts, prompt_ids)
         self.wake()
         greedy = sampling.temperature == 0
         params = [SamplingParams(
