@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from srtlab.eval.canonical import cluster_answers
-from srtlab.eval.metrics import aggregate_scores, group_scores
-from srtlab.modules.policy import top_answer_share
+from srtlab.eval.metrics import aggregate_scores
+from srtlab.modules.policy import score_groups, top_answer_share
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.types import Prompt
@@ -33,14 +32,9 @@ def evaluate_prompts(engine: RolloutEngine, prompts: Sequence[Prompt], k: int, s
     scores, samples = [], []
     for start in range(0, len(prompts), batch_size):
         r = engine.generate(list(prompts[start:start + batch_size]), k, sampling, seed=seed + start)
-        correct = gold(r).rewards  # [B*k]
-        for b, rows in enumerate(r.groups()):
-            answers = [r.answers[i] for i in rows]
-            ok = [bool(correct[i] > 0.5) for i in rows]
-            row = group_scores(ok, cluster_answers(answers, r.prompts[b].answer_kind))
-            row["answer_rate"] = sum(a is not None for a in answers) / len(answers)
-            scores.append(row)
-            samples.append({"id": r.prompts[b].id, "gold": r.prompts[b].answer, "answers": answers, "correct": ok})
+        batch_scores, batch_samples = score_groups(r, gold(r).rewards)
+        scores += batch_scores
+        samples += batch_samples
     out = aggregate_scores(scores)
     out["top_answer_share"] = top_answer_share(samples)
     return out, samples

@@ -246,7 +246,7 @@ class CurriculumScheduler(L.Callback):
         if not self.evaluate:
             return
         rollout = self._rollout_callback(trainer)
-        engine = rollout._engine(pl_module)
+        engine = rollout.engine_for(pl_module)
         for task, current in self.level.items():
             top = len(self.configs[task]) - 1
             for level in range(top + 1 if everything else min(current + 1, top) + 1):

@@ -135,6 +135,26 @@ def checkpoint_mlps(model: torch.nn.Module) -> None:
     apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: id(m) in mlps)
 
 
+def score_groups(r: RolloutBatch, correct: torch.Tensor) -> tuple[list[dict[str, float]], list[dict]]:
+    """Per prompt with a gold answer: its scores (mean, maj, pass, answer_rate) and its sample row.
+
+    ``correct`` is GroundTruth's ``[B*G]`` reward (NaN where a prompt has no gold answer: skipped).
+    Sample rows hold the prompt id, gold, the k answers, their correctness and texts.
+    """
+    scores, samples = [], []
+    for b, rows in enumerate(r.groups()):
+        if torch.isnan(correct[rows.start]):
+            continue
+        answers = [r.answers[i] for i in rows]
+        ok = [bool(correct[i] > 0.5) for i in rows]
+        row = group_scores(ok, cluster_answers(answers, r.prompts[b].answer_kind))
+        row["answer_rate"] = sum(a is not None for a in answers) / len(answers)
+        scores.append(row)
+        samples.append({"id": r.prompts[b].id, "gold": r.prompts[b].answer, "answers": answers, "correct": ok,
+                        "texts": [r.texts[i] for i in rows]})
+    return scores, samples
+
+
 def top_answer_share(samples: list[dict]) -> float:
     """Share of all held-out answers (no answer included) that are the single most common answer.
 
@@ -312,18 +332,9 @@ class PolicyModule(L.LightningModule):
         if r is None:
             raise RuntimeError("the batch has no rollouts: is RolloutCallback among trainer callbacks?")
         self._val_k = r.n
-        correct = self._gold(r).rewards  # [B*G], NaN where a prompt has no gold answer
-        for b, rows in enumerate(r.groups()):
-            if torch.isnan(correct[rows.start]):
-                continue
-            answers = [r.answers[i] for i in rows]
-            clusters = cluster_answers(answers, r.prompts[b].answer_kind)
-            scores = group_scores([bool(correct[i] > 0.5) for i in rows], clusters)
-            scores["answer_rate"] = sum(a is not None for a in answers) / len(answers)
-            self._val_scores.setdefault(batch.source, []).append(scores)
-            self._val_samples.setdefault(batch.source, []).append(
-                {"id": r.prompts[b].id, "gold": r.prompts[b].answer, "answers": answers,
-                 "correct": [bool(correct[i] > 0.5) for i in rows], "texts": [r.texts[i] for i in rows]})
+        scores, samples = score_groups(r, self._gold(r).rewards)
+        self._val_scores.setdefault(batch.source, []).extend(scores)
+        self._val_samples.setdefault(batch.source, []).extend(samples)
 
     def on_validation_epoch_end(self) -> None:
         metrics = {}

@@ -71,7 +71,8 @@ class RolloutCallback(L.Callback):
         self.probe = probe
         self.engine: RolloutEngine | None = None
 
-    def _engine(self, pl_module: L.LightningModule) -> RolloutEngine:
+    def engine_for(self, pl_module: L.LightningModule) -> RolloutEngine:
+        """The rollout engine, built on first use (after the policy loaded its model) and synced to it."""
         if self.engine is None:
             self.engine = self.make_engine(model=pl_module.model, tokenizer=pl_module.tokenizer)
             self._sync(pl_module)  # the policy may have been restored from a checkpoint since it was loaded
@@ -84,7 +85,7 @@ class RolloutCallback(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: PromptBatch,
                              batch_idx: int) -> None:
-        engine = self._engine(pl_module)
+        engine = self.engine_for(pl_module)
         seed = self.seed * 1_000_003 + batch.step
         context = RewardContext(policy=pl_module, engine=engine, step=batch.step, seed=seed)
         reward_s = 0.0
@@ -116,7 +117,7 @@ class RolloutCallback(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: PromptBatch,
                            batch_idx: int) -> None:
         t0 = time.perf_counter()
-        engine = self._engine(pl_module)
+        engine = self.engine_for(pl_module)
         self._sync(pl_module)
         t1 = time.perf_counter()
         step_time = t1 - self._t_step_start
@@ -132,7 +133,7 @@ class RolloutCallback(L.Callback):
 
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: PromptBatch,
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
-        engine = self._engine(pl_module)
+        engine = self.engine_for(pl_module)
         seed = (self.seed + VAL_SEED_OFFSET) * 1_000_003 + batch.step + 10_007 * dataloader_idx
         with torch.no_grad():
             batch.rollouts = engine.generate(batch.prompts, self.val_n, self.val_sampling, seed=seed)

@@ -404,7 +404,7 @@ class RetryEvaluation(L.Callback):
         rollout = next((cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback)), None)
         if rollout is None:
             raise RuntimeError("RetryEvaluation needs the RolloutCallback (its engine) among the trainer callbacks")
-        engine = rollout._engine(pl_module)
+        engine = rollout.engine_for(pl_module)
         sets: dict[str, list[Prompt]] = {}
         for loader in trainer.val_dataloaders if isinstance(trainer.val_dataloaders, list) else [trainer.val_dataloaders]:
             for batch in loader:
