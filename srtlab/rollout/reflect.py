@@ -49,9 +49,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from srtlab.eval.canonical import answers_equivalent, cluster_answers
-from srtlab.eval.metrics import majority_vote
+from srtlab.eval.canonical import answers_equivalent
 from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.rewards.vote import vote_groups
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.types import Prompt, RewardOutput, RolloutBatch, question_of
 
@@ -128,14 +128,12 @@ class Verdicts:
         if self.signal == "mix":
             return [x > 0.5 for x in mixed.rewards.tolist()], labels
         success: list[bool | None] = []
-        for b, (prompt, group) in enumerate(zip(attempts.prompts, attempts.groups())):
-            ids = cluster_answers([attempts.answers[i] for i in group], prompt.answer_kind)
-            majority, share = majority_vote(ids)
-            if majority is None or share < self.min_agreement:
-                success += [None] * len(group)
+        for b, vote in enumerate(vote_groups(attempts)):
+            if vote.majority is None or vote.share < self.min_agreement:
+                success += [None] * len(vote.cluster_ids)
                 continue
-            labels[b] = attempts.answers[group[ids.index(majority)]]
-            success += [c == majority for c in ids]
+            labels[b] = vote.answer
+            success += [c == vote.majority for c in vote.cluster_ids]
         return success, labels
 
     def retries(self, retries: RolloutBatch, labels: list[str | None]) -> list[bool]:
