@@ -25,11 +25,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from srtlab.rewards.base import vote_groups
 from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.seeds import seed_for
 from srtlab.types import question_of
-from srtlab.rewards.vote import vote_groups
-
-LABEL_SEED_OFFSET = 3_331  # labelling samples use other seeds than training and evaluation samples
 
 
 @dataclass
@@ -77,8 +76,8 @@ def label_rows(engine, prompts: list, settings: LabelSettings, sampling, seed: i
     for start in range(0, len(unique), settings.prompts_per_call):
         chunk = unique[start:start + settings.prompts_per_call]
         with torch.no_grad():
-            rollouts = engine.generate(chunk, settings.k, sampling, seed=seed * 1_000_003 + LABEL_SEED_OFFSET + start)
-        correct = gold_monitor(rollouts).rewards  # [b*k], NaN without gold
+            rollouts = engine.generate(chunk, settings.k, sampling, seed=seed_for(seed, "label", start))
+        correct = gold_monitor.verdicts(rollouts)  # [b*k], NaN without gold
         for prompt, group, vote in zip(chunk, rollouts.groups(), vote_groups(rollouts)):
             rep = vote.representative
             results[question_of(prompt)] = {

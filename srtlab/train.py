@@ -1,4 +1,4 @@
-"""The tasks behind the command line: ``fit`` and ``eval``. The only place that reads the config.
+"""The tasks behind the command line: ``fit`` and ``eval``; the config is read here and in ``label``.
 
 ``check_config`` validates everything that can be checked without loading a model, so a typo fails
 in a second with a message naming the key. ``build`` instantiates the objects from their ``_target_``s.
@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from srtlab.models.load import check_model_path
-from srtlab.rollout.callback import RolloutCallback
+from srtlab.rollout.rollouts import Rollouts
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +90,19 @@ def build(cfg: DictConfig, with_checkpoints: bool = True):
     from srtlab.modules.policy import PolicyModule
 
     run_dir = Path(cfg.run_dir)
+    rollouts = Rollouts(
+        engine=instantiate(cfg.rollout.engine), n=cfg.rollout.n, sampling=instantiate(cfg.rollout.sampling),
+        val_n=cfg.rollout.val_n, val_sampling=instantiate(cfg.rollout.val_sampling), seed=cfg.seed,
+        program=instantiate(cfg.rollout.get("program"), _convert_="all"), probe=instantiate(cfg.rollout.get("probe")))
     module = PolicyModule(
         model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
         trust_remote_code=cfg.model.trust_remote_code, algorithm=instantiate(cfg.algorithm),
-        optim=instantiate(cfg.optim), micro_batch_prompts=cfg.micro_batch_prompts,
-        temperature=cfg.rollout.sampling.temperature,
-        activation_checkpointing=cfg.model.get("activation_checkpointing", False))
+        optim=instantiate(cfg.optim), rollouts=rollouts, reward=instantiate(cfg.reward, _convert_="all"),
+        micro_batch_prompts=cfg.micro_batch_prompts,
+        activation_checkpointing=cfg.model.get("activation_checkpointing", False),
+        samples_every=cfg.get("samples_every", 0))
     datamodule = instantiate(cfg.data, _convert_="all")
-    rollouts = RolloutCallback(
-        engine=instantiate(cfg.rollout.engine), reward=instantiate(cfg.reward, _convert_="all"), n=cfg.rollout.n,
-        sampling=instantiate(cfg.rollout.sampling), val_n=cfg.rollout.val_n,
-        val_sampling=instantiate(cfg.rollout.val_sampling), seed=cfg.seed,
-        program=instantiate(cfg.rollout.get("program"), _convert_="all"), probe=instantiate(cfg.rollout.get("probe")))
-    callbacks: list[L.Callback] = [rollouts]
+    callbacks: list[L.Callback] = []
     # more callbacks by config (the curriculum, ...): `callbacks.<name>: {_target_: ...}`, null removes one
     callbacks += [instantiate(node, _convert_="all") for node in (cfg.get("callbacks") or {}).values()
                   if node is not None]
@@ -154,6 +154,11 @@ def _setup(cfg: DictConfig) -> Path:
     return run_dir
 
 
+def val_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The last evaluation's ``val/*`` metrics, whoever logged them (the policy, the retry evaluation)."""
+    return {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("val/")}
+
+
 def format_table(before: dict[str, float], after: dict[str, float]) -> str:
     keys = sorted(set(before) | set(after))
     width = max([len(k) for k in keys] + [6])
@@ -177,13 +182,13 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     if cfg.eval_before and "before" not in results:
         trainer.validate(module, datamodule=datamodule, verbose=False)
-        results["before"] = dict(module.last_val_metrics)
+        results["before"] = val_metrics(trainer)
         results_file.write_text(json.dumps(results, indent=2))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
     if cfg.eval_after:
         if module.last_val_step != trainer.global_step:  # the last step may have evaluated already
             trainer.validate(module, datamodule=datamodule, verbose=False)
-        results["after"] = dict(module.last_val_metrics)
+        results["after"] = val_metrics(trainer)
     results["steps"] = trainer.global_step
     results["wall_s_this_process"] = round(time.time() - start, 1)
     results_file.write_text(json.dumps(results, indent=2))
@@ -197,7 +202,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run_dir = _setup(cfg)
     module, datamodule, trainer = build(cfg, with_checkpoints=False)
     trainer.validate(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
-    metrics = dict(module.last_val_metrics)
+    metrics = val_metrics(trainer)
     (run_dir / "results.json").write_text(json.dumps(metrics, indent=2))
     print(f"\nrun folder: {run_dir}\n" + "\n".join(f"{k:32s} {v:.3f}" for k, v in sorted(metrics.items())))
     return metrics

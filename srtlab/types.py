@@ -61,6 +61,8 @@ class RolloutBatch:
     finish_reasons: list[str]  # B*G "stop" or "length"
     sampler_logprobs: list[list[float]] | None = None  # B*G per-token log-probs reported by the engine
     rewards: torch.Tensor | None = None  # [B*G] float, filled by the reward mix
+    source_rewards: dict[str, torch.Tensor] = field(default_factory=dict)  # source -> [B*G], NaN: no opinion
+    level_stats: dict[str, dict[str, float]] = field(default_factory=dict)  # "<task>/<level>" -> statistics
     loss_mask: list[list[int]] | None = None  # B*G per-token 0/1: which completion tokens get the advantage
     metrics: dict[str, float] = field(default_factory=dict)  # per-stage metrics to log
 
@@ -78,3 +80,5 @@ class RewardOutput:
 
     rewards: torch.Tensor  # [B*G] float; NaN means "no opinion" about that completion
     metrics: dict[str, float] = field(default_factory=dict)  # extra source-specific metrics
+    by_source: dict[str, torch.Tensor] = field(default_factory=dict)  # the mix only: each source's [B*G]
+    by_level: dict[str, dict[str, float]] = field(default_factory=dict)  # the mix only: "<task>/<level>" stats

@@ -100,7 +100,7 @@ class LengthParity:
 
     name = "parity"
 
-    def __call__(self, rollouts):
+    def __call__(self, rollouts, ctx):
         from srtlab.types import RewardOutput
 
         return RewardOutput(rewards=torch.tensor([float(sum(c) % 2 == 0) for c in rollouts.completion_ids]))
@@ -118,3 +118,11 @@ def make_batch(prompts, answers):
                         completion_ids=[[4, 5] for _ in answers],
                         texts=[f"Answer: {a}" if a is not None else "..." for a in answers], answers=answers,
                         finish_reasons=["stop"] * len(answers))
+
+
+def ctx_for(batch, **fields):
+    """The RewardContext the mix would build for ``batch`` (its votes and gold verdicts), plus ``fields``."""
+    from srtlab.rewards.base import RewardContext, vote_groups
+    from srtlab.rewards.ground_truth import GroundTruth
+
+    return RewardContext(votes=vote_groups(batch), gold=GroundTruth().verdicts(batch), **fields)

@@ -18,7 +18,7 @@ def _gather_worker(rank: int, world: int, port: int, model_dir: str, out: str) -
     from torch.distributed.device_mesh import init_device_mesh
 
     from srtlab.models.load import LoraSettings, load_model
-    from srtlab.modules.policy import shard_model
+    from srtlab.models.parallel import shard_model
     from srtlab.rollout.sync import policy_weights
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -94,7 +94,7 @@ class RankParity:
 
     name = "parity"
 
-    def __call__(self, rollouts):
+    def __call__(self, rollouts, ctx):
         import torch.distributed as dist
 
         from srtlab.types import RewardOutput
@@ -172,7 +172,8 @@ def test_strategy_configs_compose(trainer, tiny_cfg):
 
 def test_mlp_activation_checkpointing_keeps_gradients(tiny_model_dir):
     """Checkpointed MLPs are recomputed in backward: same loss and gradients, names unchanged."""
-    from srtlab.modules.policy import AlgorithmSettings, OptimSettings, PolicyModule
+    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.modules.policy import PolicyModule
 
     grads = []
     for checkpointing in (False, True):

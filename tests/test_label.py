@@ -6,7 +6,7 @@ import json
 import pytest
 from hydra.utils import instantiate
 
-from conftest import make_batch
+from conftest import ctx_for, make_batch
 from srtlab.label import label
 from srtlab.plot import read_metrics
 from srtlab.rewards.teacher import Teacher
@@ -64,8 +64,8 @@ def test_label_summary_file_and_teacher_round_trip(scripted_labels, tmp_path):
     assert json.loads((tmp_path / "label_run" / "results.json").read_text())["kept"] == 14
     # read back: the teacher rewards its labels, and abstains where a label was not kept
     batch = make_batch([train[0], train[1]], [train[0].answer, "wrong", "wrong", "wrong"])
-    assert Teacher(str(out))(batch).rewards.tolist()[:2] == [1.0, 0.0]
-    assert all(x != x for x in Teacher(str(out))(batch).rewards.tolist()[2:])  # NaN: prompt 1 not kept
+    assert Teacher(str(out))(batch, ctx_for(batch)).rewards.tolist()[:2] == [1.0, 0.0]
+    assert all(x != x for x in Teacher(str(out))(batch, ctx_for(batch)).rewards.tolist()[2:])  # NaN: prompt 1 not kept
     # and the datamodule trains only on the kept prompts
     kept = instantiate(cfg.data, train_ids_from=str(out), _convert_="all")
     kept.setup()

@@ -1,43 +1,17 @@
-"""Evaluation during a climb: mean@k / maj@k per level, the per-level table and the climb plot.
+"""A climb's record: the per-level table, the before/after summary and the climb plot.
 
-The scores are those of ``PolicyModule.validation_step`` (gold answers through :class:`GroundTruth`,
-answers clustered by their canonical form, ``srtlab.eval.metrics``), computed here on samples drawn
-with the rollout engine, because a Lightning validation loop cannot run inside a training step.
+The per-level scores come from ``srtlab.eval.heldout.evaluate_prompts``, the same scoring as the
+validation loop, on samples drawn with the rollout engine (a Lightning validation loop cannot run
+inside a training step).
 """
 
 from __future__ import annotations
 
 import csv
-import json
-from collections.abc import Sequence
 from pathlib import Path
-
-import torch
-
-from srtlab.eval.metrics import aggregate_scores
-from srtlab.modules.policy import score_groups, top_answer_share
-from srtlab.rewards.ground_truth import GroundTruth
-from srtlab.rollout.engine import RolloutEngine, SamplingSettings
-from srtlab.types import Prompt
 
 COLUMNS = ["step", "event", "task", "level", "name", "current_level", "prompts", "k", "mean", "maj", "pass",
            "answer_rate", "top_answer_share", "config"]
-
-
-@torch.no_grad()
-def evaluate_prompts(engine: RolloutEngine, prompts: Sequence[Prompt], k: int, sampling: SamplingSettings,
-                     seed: int, gold: GroundTruth, batch_size: int = 8) -> tuple[dict[str, float], list[dict]]:
-    """mean@k, maj@k, pass@k, answer_rate and top_answer_share of ``k`` samples per prompt, and the
-    samples (prompt id, gold, answers, correctness; one row per prompt)."""
-    scores, samples = [], []
-    for start in range(0, len(prompts), batch_size):
-        r = engine.generate(list(prompts[start:start + batch_size]), k, sampling, seed=seed + start)
-        batch_scores, batch_samples = score_groups(r, gold(r).rewards)
-        scores += batch_scores
-        samples += batch_samples
-    out = aggregate_scores(scores)
-    out["top_answer_share"] = top_answer_share(samples)
-    return out, samples
 
 
 def write_table(records: list[dict], path: Path) -> Path:
@@ -49,12 +23,6 @@ def write_table(records: list[dict], path: Path) -> Path:
         for row in records:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
     return path
-
-
-def write_samples(samples: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in samples)
 
 
 def before_after(records: list[dict]) -> list[dict]:

@@ -20,25 +20,20 @@ Resume is exact: the levels, the rule's history and the evaluation rows are the 
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
-from srtlab.curriculum.evaluate import (evaluate_prompts, format_before_after, plot_climb, write_samples,
-                                        write_table)
+from srtlab.curriculum.evaluate import format_before_after, plot_climb, write_table
 from srtlab.curriculum.levels import LevelSpec, describe, level_config
 from srtlab.curriculum.rules import AdvanceRule
 from srtlab.data.prompts import PromptFormat
+from srtlab.eval.heldout import evaluate_prompts, write_samples
 from srtlab.rewards.ground_truth import GroundTruth
-from srtlab.rewards.mix import RewardMix
-from srtlab.rewards.vote import vote_groups
-from srtlab.rollout.callback import RolloutCallback
-from srtlab.types import PromptBatch, RolloutBatch
-
-EVAL_SEED_OFFSET = 104_729  # climb evaluations sample with their own seeds, the same at every evaluation
+from srtlab.seeds import seed_for
+from srtlab.types import PromptBatch
 
 
 @dataclass
@@ -54,19 +49,6 @@ class CurriculumTask:
     defaults: dict[str, Any] = field(default_factory=dict)
     prompt: PromptFormat | None = None
     start: int = 0
-
-
-def step_statistics(rollouts: RolloutBatch, task: str, level: int, gold: GroundTruth) -> dict[str, float] | None:
-    """majority_share, gt_accuracy and answer_rate of the groups of ``task`` at ``level`` (None if none)."""
-    groups = [b for b, p in enumerate(rollouts.prompts) if p.task == task and p.level == level]
-    if not groups:
-        return None
-    votes = vote_groups(rollouts)
-    correct = gold(rollouts).rewards  # [B*G]
-    rows = [i for b in groups for i in rollouts.groups()[b]]
-    return {"majority_share": sum(votes[b].share for b in groups) / len(groups),
-            "gt_accuracy": float(correct[rows].nan_to_num(0.0).mean()),
-            "answer_rate": sum(rollouts.answers[i] is not None for i in rows) / len(rows)}
 
 
 class CurriculumScheduler(L.Callback):
@@ -113,8 +95,6 @@ class CurriculumScheduler(L.Callback):
         self.changes: list[dict] = []  # {"step", "task", "level", "gt_warmup"}
         self.records: list[dict] = []  # evaluation rows (see srtlab.curriculum.evaluate.COLUMNS)
         # -- per run --
-        self._pending: dict[str, dict[str, float]] = {}
-        self._srt_reward: RewardMix | None = None
         self._datamodule = None
 
     # -- state ----------------------------------------------------------------------------------
@@ -161,29 +141,25 @@ class CurriculumScheduler(L.Callback):
         self._datamodule = dm
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._apply(trainer)
+        self._apply(pl_module)
         if not self.records:  # a fresh run (a resumed one has its start evaluation already)
             self._evaluate(trainer, pl_module, "start", everything=True)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: PromptBatch,
-                             batch_idx: int) -> None:
-        # the rollout callback, registered before this one, has sampled and scored the batch
-        self._pending = {}
-        logs = {"curriculum/gt_warmup": float(any(v > 0 for v in self.warmup_left.values()))}
-        for task, level in self.level.items():
-            logs[f"curriculum/{task}/level"] = float(level)
-            if self.warmup_left[task] == 0 and batch.rollouts is not None:
-                stats = step_statistics(batch.rollouts, task, level, self.gold)
-                if stats is not None:
-                    self._pending[task] = stats
-                    logs.update({f"curriculum/{task}/{k}": v for k, v in stats.items()})
-        pl_module.log_dict(logs, on_step=True, batch_size=len(batch))
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch: PromptBatch,
                            batch_idx: int) -> None:
-        moved, warmup_over = self.observe(trainer.global_step, self._pending)
+        # the step's per-(task, level) statistics, computed by the reward mix on the step's own samples
+        level_stats = (outputs or {}).get("level_stats", {})
+        stats, logs = {}, {"curriculum/gt_warmup": float(any(v > 0 for v in self.warmup_left.values()))}
+        for task, level in self.level.items():
+            logs[f"curriculum/{task}/level"] = float(level)
+            found = level_stats.get(f"{task}/{level}")
+            if self.warmup_left[task] == 0 and found is not None:
+                stats[task] = found
+                logs.update({f"curriculum/{task}/{k}": v for k, v in found.items() if k != "groups"})
+        pl_module.log_dict(logs, on_step=True, batch_size=len(batch))
+        moved, warmup_over = self.observe(trainer.global_step, stats)
         if moved or warmup_over:
-            self._apply(trainer)
+            self._apply(pl_module)
         if moved:
             self._evaluate(trainer, pl_module, "level_up")
 
@@ -222,21 +198,26 @@ class CurriculumScheduler(L.Callback):
             print(f"\ncurriculum climb ({self._folder(trainer)}):\n" + format_before_after(self.records, k))
 
     # -- helpers --------------------------------------------------------------------------------
-    def _apply(self, trainer: L.Trainer) -> None:
-        """Hand the datamodule the mixture, and the rollout callback the reward, of the current state."""
-        self._datamodule.set_mixture(self.mixture())
-        rollout = self._rollout_callback(trainer)
-        if self._srt_reward is None:
-            self._srt_reward = rollout.reward
-        warming = any(v > 0 for v in self.warmup_left.values())
-        rollout.reward = RewardMix({"ground_truth": self.gold}, {"ground_truth": 1.0}) if warming else self._srt_reward
+    def step_back(self, task: str | None = None) -> list[str]:
+        """Move ``task`` (every task when None) one level down, for a guard's remedy; -> the tasks moved.
+        The caller applies the new mixture through :meth:`apply`."""
+        moved = []
+        for name in [task] if task is not None else list(self.level):
+            if self.level[name] > 0:
+                self.level[name] -= 1
+                self.history[name], self.warmup_left[name] = [], 0
+                moved.append(name)
+        return moved
 
-    @staticmethod
-    def _rollout_callback(trainer: L.Trainer) -> RolloutCallback:
-        found = [c for c in trainer.callbacks if isinstance(c, RolloutCallback)]
-        if not found:
-            raise RuntimeError("the curriculum needs the RolloutCallback among the trainer's callbacks")
-        return found[0]
+    def apply(self, pl_module: L.LightningModule) -> None:
+        """Public form of :meth:`_apply`, for a guard that stepped the curriculum back."""
+        self._apply(pl_module)
+
+    def _apply(self, pl_module: L.LightningModule) -> None:
+        """Hand the datamodule the mixture, and the policy the reward weights, of the current state."""
+        self._datamodule.set_mixture(self.mixture())
+        warming = any(v > 0 for v in self.warmup_left.values())
+        pl_module.set_reward_weights({GroundTruth.name: 1.0} if warming else None)
 
     def _folder(self, trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir) / "curriculum"
@@ -245,12 +226,11 @@ class CurriculumScheduler(L.Callback):
         """Held-out mean@k / maj@k of every level seen and the next one (all levels when ``everything``)."""
         if not self.evaluate:
             return
-        rollout = self._rollout_callback(trainer)
-        engine = rollout.engine_for(pl_module)
+        rollout, engine = pl_module.rollouts, pl_module.engine()
         for task, current in self.level.items():
             top = len(self.configs[task]) - 1
             for level in range(top + 1 if everything else min(current + 1, top) + 1):
-                seed = (rollout.seed + EVAL_SEED_OFFSET) * 1_000_003 + zlib.crc32(f"{task}/{level}".encode()) % 100_003
+                seed = seed_for(rollout.seed, "climb_eval", task, level)  # the same at every evaluation
                 scores, samples = evaluate_prompts(engine, self._datamodule.level_val[task, level].prompts,
                                                    rollout.val_n, rollout.val_sampling, seed, self.gold,
                                                    self.eval_batch_size)

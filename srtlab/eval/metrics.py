@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from srtlab.eval.canonical import normalize_text
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from ``n`` samples of which ``c`` are correct (Chen et al. 2021, Codex).
@@ -59,3 +61,11 @@ def aggregate_scores(scores: list[dict[str, float]]) -> dict[str, float]:
         for key, value in row.items():
             totals.setdefault(key, []).append(value)
     return {key: sum(values) / len(values) for key, values in totals.items()}
+
+
+def answer_concentration(answers: list[str | None]) -> float:
+    """Share of all answers (no answer counted in the denominator) that equal the single most common
+    answer (text-normalised), across prompts. Near 1 is "one answer for every question": the collapse
+    SRT is known for. Logged as ``train/answer_concentration`` and ``val/<set>/top_answer_share``."""
+    counts = Counter(normalize_text(a) for a in answers if a is not None)
+    return counts.most_common(1)[0][1] / len(answers) if counts and answers else 0.0

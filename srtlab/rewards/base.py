@@ -1,28 +1,82 @@
-"""The interface every reward source implements (see docs: adding a reward source)."""
+"""The one contract every reward source implements, and the batch's votes that several sources share.
+
+A source is any object with a ``name`` and ``__call__(rollouts, ctx) -> RewardOutput`` (see
+docs/adding_a_reward.md). ``ctx`` is built by the reward mix once per scored batch: it carries what is
+computed once and shared (the votes, the gold verdicts) and the few capabilities a source may use (a
+log-prob function of the trainer's weights, the rollout engine), typed, never the LightningModule.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
+import torch
+
+from srtlab.eval.canonical import cluster_answers
+from srtlab.eval.metrics import majority_vote
+from srtlab.rollout.engine import RolloutEngine
 from srtlab.types import RewardOutput, RolloutBatch
 
+# (prompt ids [b], completion ids [b*n], n) -> (raw logits [b*n, T, V], ids [b*n, T], mask [b*n, T]):
+# the trainer's weights, no gradient, under the trainer's precision; the caller micro-batches by whole groups.
+CompletionLogitsFn = Callable[[list[list[int]], list[list[int]], int],
+                              tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
-@dataclass
+
+@dataclass(frozen=True)
+class GroupVote:
+    """The outcome of voting within one prompt's group of G completions."""
+
+    cluster_ids: list[int | None]  # [G] cluster of each completion, None for no readable answer
+    majority: int | None  # majority cluster id, None when no completion has an answer
+    share: float  # majority cluster size / G (0.0 when no answer)
+    representative: int | None  # batch index of the majority cluster's first member
+    answer: str | None  # that member's answer: the group's self-label
+
+
+def vote_groups(rollouts: RolloutBatch) -> list[GroupVote]:
+    """Cluster every group's answers by its prompt's ``answer_kind`` and take the majority (B entries)."""
+    votes = []
+    for prompt, group in zip(rollouts.prompts, rollouts.groups()):
+        ids = cluster_answers([rollouts.answers[i] for i in group], prompt.answer_kind)
+        majority, share = majority_vote(ids)
+        representative = None if majority is None else group[ids.index(majority)]
+        answer = None if representative is None else rollouts.answers[representative]
+        votes.append(GroupVote(ids, majority, share, representative, answer))
+    return votes
+
+
+@dataclass(frozen=True)
 class RewardContext:
-    """What a source may need besides the rollouts: the policy, the engine, and where the run is.
+    """What a source may use besides the rollouts; built by the mix for each batch it scores.
 
-    ``policy`` is the policy LightningModule (its ``model``, ``tokenizer`` and ``token_logprobs``), for
-    sources that score with the trainer's weights (confidence); ``engine`` is the rollout engine, for
-    sources that ask the policy a question (self-judge: one more batched generate call); ``seed`` is a
-    seed derived from (run seed, step) for any sampling the source does.
+    ``votes`` and ``gold`` are computed once per batch and shared by every source and monitor;
+    ``logits`` scores completions with the trainer's weights (confidence); ``engine`` asks the policy
+    a question (self-judge: one more batched call); ``seed`` is this batch's seed for any sampling.
     """
 
-    policy: Any = None
-    engine: Any = None
+    votes: list[GroupVote]  # [B] the batch's majority votes
+    gold: torch.Tensor  # [B*G] the gold verdict (1.0 / 0.0; NaN where a prompt has no gold answer)
     step: int = 0
     seed: int = 0
     stage: str = "train"  # "train" or "val"
+    logits: CompletionLogitsFn | None = None
+    engine: RolloutEngine | None = None
+    micro_batch_prompts: int = 4  # prompts per ``logits`` call
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The part of a :class:`RewardContext` that the caller knows before the batch exists."""
+
+    step: int = 0
+    seed: int = 0
+    stage: str = "train"
+    logits: CompletionLogitsFn | None = None
+    engine: RolloutEngine | None = None
+    micro_batch_prompts: int = 4
 
 
 @runtime_checkable
@@ -31,10 +85,8 @@ class RewardSource(Protocol):
 
     Returns ``RewardOutput.rewards`` as a float32 tensor ``[B*G]`` in the batch's group-major order,
     NaN where the source has no opinion about a completion, plus its own metrics (unprefixed).
-    A source that sets the class attribute ``uses_context = True`` is called as
-    ``source(rollouts, context)`` with a :class:`RewardContext`.
     """
 
     name: str
 
-    def __call__(self, rollouts: RolloutBatch) -> RewardOutput: ...
+    def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput: ...

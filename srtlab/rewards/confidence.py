@@ -21,14 +21,13 @@ thing whatever the kind. ``"zscore"`` standardises within the group; ``"none"`` 
 Cost and a deviation from "in the training forward pass": the reward is needed before advantages are
 computed, so it cannot come from the gradient pass itself. It is one extra no-grad forward pass of the
 trainer's model over the B*G completions (each prompt's pass shared by its G completions, in micro-batches
-of ``policy.micro_batch_prompts`` prompts, under the trainer's precision), with full-vocabulary
+of ``micro_batch_prompts`` prompts, under the trainer's precision), with full-vocabulary
 statistics reduced in place, so nothing of vocabulary size leaves the trainer or comes from the engine.
 A completion with no tokens gets NaN; every other completion has an opinion, readable answer or not.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -98,7 +97,6 @@ class Confidence:
     """
 
     name = "confidence"
-    uses_context = True
 
     def __init__(self, kind: str = "self_certainty", normalize: str = "rank", temperature: float = 1.0) -> None:
         if kind not in KINDS:
@@ -109,41 +107,23 @@ class Confidence:
             raise ValueError(f"confidence temperature={temperature}; must be > 0")
         self.kind, self.normalize, self.temperature = kind, normalize, temperature
 
-    def __call__(self, rollouts: RolloutBatch, context: RewardContext) -> RewardOutput:
-        if context is None or context.policy is None:
-            raise ValueError("confidence needs the policy module (RewardContext.policy) to score completions")
-        raw = self.raw_values(rollouts, context.policy)  # [B*G]
+    def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
+        if ctx.logits is None:
+            raise ValueError("confidence needs the trainer's log-probs (RewardContext.logits) to score completions")
+        raw = self.raw_values(rollouts, ctx)  # [B*G]
         rewards = normalize_in_groups(raw, rollouts.n, self.normalize)
         ok = ~torch.isnan(raw)
         metrics = {f"raw_{self.kind}": raw[ok].mean().item()} if ok.any() else {}
         return RewardOutput(rewards=rewards, metrics=metrics)
 
     @torch.no_grad()
-    def raw_values(self, rollouts: RolloutBatch, policy) -> torch.Tensor:
+    def raw_values(self, rollouts: RolloutBatch, ctx: RewardContext) -> torch.Tensor:
         """[B*G] raw statistic with the trainer's weights, micro-batched by whole groups."""
-        from srtlab.modules.policy import completion_logits
-
-        n, model = rollouts.n, policy.model
-        step = max(1, getattr(policy, "micro_batch_prompts", 4))
-        out = []
-        was_training = model.training
-        model.eval()
-        try:
-            with _precision_context(policy):
-                for start in range(0, len(rollouts.prompts), step):
-                    groups = range(start, min(start + step, len(rollouts.prompts)))
-                    p_ids = [rollouts.prompt_ids[b] for b in groups]
-                    c_ids = [rollouts.completion_ids[i] for b in groups for i in range(b * n, (b + 1) * n)]
-                    logits, ids, mask = completion_logits(model, p_ids, c_ids, n, policy.tokenizer.pad_token_id)
-                    out.append(sequence_confidence(logits.float() / self.temperature, ids, mask, self.kind).cpu())
-        finally:
-            model.train(was_training)
+        n, step, out = rollouts.n, max(1, ctx.micro_batch_prompts), []
+        for start in range(0, len(rollouts.prompts), step):
+            groups = range(start, min(start + step, len(rollouts.prompts)))
+            p_ids = [rollouts.prompt_ids[b] for b in groups]
+            c_ids = [rollouts.completion_ids[i] for b in groups for i in range(b * n, (b + 1) * n)]
+            logits, ids, mask = ctx.logits(p_ids, c_ids, n)  # [b*n, T, V]
+            out.append(sequence_confidence(logits.float() / self.temperature, ids, mask, self.kind).cpu())
         return torch.cat(out).float()
-
-
-def _precision_context(policy):
-    """The trainer's precision context (bf16 autocast under ``bf16-mixed``), or nothing outside a trainer."""
-    trainer = getattr(policy, "_trainer", None)
-    if trainer is None:
-        return contextlib.nullcontext()
-    return trainer.precision_plugin.forward_context()

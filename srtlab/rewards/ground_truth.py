@@ -13,6 +13,7 @@ import reasoning_gym
 import torch
 
 from srtlab.eval.canonical import answers_equivalent, normalize_text, parse_answer, parsed_equivalent
+from srtlab.rewards.base import RewardContext
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 
 Scorer = Callable[[str | None, dict[str, Any]], float]  # reasoning-gym's score_answer(answer, entry)
@@ -52,7 +53,11 @@ class GroundTruth:
     def __init__(self) -> None:
         self._scorers: dict[str, Scorer] = {}  # task name -> reasoning-gym scorer (building one is slow)
 
-    def __call__(self, rollouts: RolloutBatch) -> RewardOutput:
+    def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
+        return RewardOutput(rewards=ctx.gold.clone())  # the mix computed them once with :meth:`verdicts`
+
+    def verdicts(self, rollouts: RolloutBatch) -> torch.Tensor:
+        """[B*G] 1.0 correct, 0.0 wrong or unreadable, NaN where the prompt has no gold answer."""
         rewards: list[float] = []
         for prompt, group in zip(rollouts.prompts, rollouts.groups()):
             answers = [rollouts.answers[i] for i in group]
@@ -60,7 +65,7 @@ class GroundTruth:
                 rewards.extend([math.nan] * len(answers))
             else:
                 rewards.extend(float(ok) for ok in self._group_correct(answers, prompt))
-        return RewardOutput(rewards=torch.tensor(rewards, dtype=torch.float32))
+        return torch.tensor(rewards, dtype=torch.float32)
 
     def _group_correct(self, answers: list[str | None], prompt: Prompt) -> list[bool]:
         """:func:`is_correct` for one group, parsing a math gold answer once rather than G times."""

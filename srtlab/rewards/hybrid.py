@@ -12,7 +12,8 @@ import hashlib
 
 import torch
 
-from srtlab.rewards.ground_truth import GroundTruth, has_gold
+from srtlab.rewards.base import RewardContext
+from srtlab.rewards.ground_truth import has_gold
 from srtlab.rewards.vote import MajorityVote
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 
@@ -38,14 +39,14 @@ class Hybrid:
         if not 0.0 <= labelled_fraction <= 1.0:
             raise ValueError(f"hybrid labelled_fraction={labelled_fraction}; must be in [0, 1]")
         self.labelled_fraction, self.salt = labelled_fraction, salt
-        self.gold, self.vote = GroundTruth(), MajorityVote(soft=soft, min_agreement=min_agreement)
+        self.vote = MajorityVote(soft=soft, min_agreement=min_agreement)
 
     def is_labelled(self, prompt: Prompt) -> bool:
         return has_gold(prompt) and unit_hash(f"{self.salt}:{prompt.id}") < self.labelled_fraction
 
-    def __call__(self, rollouts: RolloutBatch) -> RewardOutput:
+    def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
         labelled = [self.is_labelled(p) for p in rollouts.prompts]  # B
-        gold, vote = self.gold(rollouts).rewards, self.vote(rollouts).rewards  # [B*G] each
+        gold, vote = ctx.gold, self.vote(rollouts, ctx).rewards  # [B*G] each
         use_gold = torch.tensor(labelled).repeat_interleave(rollouts.n)  # [B*G]
         rewards = torch.where(use_gold, gold, vote)
         metrics = {"labelled_share": sum(labelled) / max(len(labelled), 1)}

@@ -1,14 +1,13 @@
-"""The weighted mix of reward sources, and the monitors every run logs (see docs/design.md, Metrics)."""
+"""The weighted mix of reward sources, and the monitors every run logs (docs/metrics.md)."""
 
 from __future__ import annotations
 
 import math
-
 import torch
 
-from srtlab.rewards.base import RewardContext, RewardSource
+from srtlab.eval.metrics import answer_concentration
+from srtlab.rewards.base import GroupVote, RewardContext, RewardSource, RunContext, vote_groups
 from srtlab.rewards.ground_truth import GroundTruth
-from srtlab.rewards.vote import GroupVote, MajorityVote, vote_groups
 from srtlab.types import RewardOutput, RolloutBatch
 
 
@@ -27,46 +26,57 @@ class RewardMix:
     ) -> None:
         if set(weights) != set(sources):
             raise ValueError(f"reward weights {sorted(weights)} must name exactly the sources {sorted(sources)}")
-        if not any(w != 0 for w in weights.values()):
-            raise ValueError(f"at least one reward weight must be non-zero, got {weights}")
         gold = [name for name, source in sources.items() if isinstance(source, GroundTruth)]
         if not gold and GroundTruth.name in sources:
             raise ValueError(f"source {GroundTruth.name!r} must be a GroundTruth, the mix's gold monitor")
         self.sources = dict(sources)
-        self.weights = dict(weights)
-        self.abstain_value = abstain_value
         self.gold_name = gold[0] if gold else GroundTruth.name
         self.gold = sources[gold[0]] if gold else GroundTruth()
+        self.weights = check_weights(weights)
+        self.abstain_value = abstain_value
 
-    def __call__(self, rollouts: RolloutBatch, context: RewardContext | None = None) -> RewardOutput:
-        context = context or RewardContext()
-        # 1. vote once per batch: the vote source and the monitors share it
-        votes = vote_groups(rollouts)
+    def with_weights(self, weights: dict[str, float]) -> RewardMix:
+        """The same sources (and gold monitor) with other weights; ``weights`` may name the gold monitor
+        even when it is not a source (a ground-truth warm-up, a guard's gold-mix remedy)."""
+        sources = dict(self.sources)
+        if self.gold_name in weights:
+            sources[self.gold_name] = self.gold
+        full = {name: float(weights.get(name, 0.0)) for name in sources}
+        unknown = set(weights) - set(sources)
+        if unknown:
+            raise ValueError(f"reward weights name unknown sources {sorted(unknown)}; known: {sorted(sources)}")
+        return RewardMix(sources, full, self.abstain_value)
+
+    def __call__(self, rollouts: RolloutBatch, run: RunContext | None = None) -> RewardOutput:
+        run = run or RunContext()
+        # 1. what every source shares, computed once: the votes and the gold verdicts
+        ctx = RewardContext(votes=vote_groups(rollouts), gold=self.gold.verdicts(rollouts), step=run.step,
+                            seed=run.seed, stage=run.stage, logits=run.logits, engine=run.engine,
+                            micro_batch_prompts=run.micro_batch_prompts)
         # 2. every source, and the gold monitor when it is not a source
-        outputs = {name: self._run(name, source, rollouts, votes, context) for name, source in self.sources.items()}
+        outputs = {name: self._run(name, source, rollouts, ctx) for name, source in self.sources.items()}
         if self.gold_name not in outputs:
-            outputs[self.gold_name] = self._run(self.gold_name, self.gold, rollouts, votes, context)
+            outputs[self.gold_name] = RewardOutput(rewards=ctx.gold)
         # 3. the weighted sum over sources with an opinion
         mixed = self._mix(outputs, len(rollouts))
         # 4. metrics
         metrics = self._source_metrics(outputs)
         if len(mixed):
             metrics["reward/mixed"] = mixed.mean().item()
-        metrics.update(_monitor_metrics(rollouts, votes, outputs[self.gold_name].rewards))
-        return RewardOutput(rewards=mixed, metrics=metrics)
+        metrics.update(monitor_metrics(rollouts, ctx.votes, ctx.gold))
+        return RewardOutput(rewards=mixed, metrics=metrics,
+                            by_source={name: out.rewards for name, out in outputs.items()},
+                            by_level=level_statistics(rollouts, ctx.votes, ctx.gold))
 
-    def _run(self, name: str, source: RewardSource, rollouts: RolloutBatch, votes: list[GroupVote],
-             context: RewardContext) -> RewardOutput:
-        """Call one source (reusing the batch's votes for a MajorityVote) and check its output's shape."""
-        if isinstance(source, MajorityVote):
-            out = source.score(rollouts, votes)
-        elif getattr(source, "uses_context", False):
-            out = source(rollouts, context)
-        else:
-            out = source(rollouts)
+    def _run(self, name: str, source: RewardSource, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
+        """Call one source and check its output: shape [B*G], no infinity (NaN means no opinion)."""
+        out = source(rollouts, ctx)
         if tuple(out.rewards.shape) != (len(rollouts),):
             shape = tuple(out.rewards.shape)
             raise ValueError(f"reward source {name!r} returned rewards of shape {shape}, want ({len(rollouts)},)")
+        if torch.isinf(out.rewards).any():
+            raise ValueError(f"reward source {name!r} returned an infinite reward; rewards must be finite "
+                             "(NaN for no opinion)")
         return out
 
     def _mix(self, outputs: dict[str, RewardOutput], size: int) -> torch.Tensor:
@@ -95,13 +105,29 @@ class RewardMix:
         return metrics
 
 
-def _monitor_metrics(rollouts: RolloutBatch, votes: list[GroupVote], gold: torch.Tensor) -> dict[str, float]:
-    """majority_share, answer_rate, gt_accuracy and label_accuracy; ``gold`` is GroundTruth's [B*G] reward."""
+def check_weights(weights: dict[str, float]) -> dict[str, float]:
+    """Weights must be finite numbers, not all zero; a negative weight is allowed (a penalty source)."""
+    out = {}
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ValueError(f"reward.weights.{name}={w!r}; must be a finite number")
+        out[name] = float(w)
+    if not any(w != 0 for w in out.values()):
+        raise ValueError(f"reward.weights={out}; at least one weight must be non-zero")
+    return out
+
+
+def monitor_metrics(rollouts: RolloutBatch, votes: list[GroupVote], gold: torch.Tensor) -> dict[str, float]:
+    """majority_share, answer_rate, answer_concentration, gt_accuracy and label_accuracy (docs/metrics.md).
+
+    ``gold`` is GroundTruth's [B*G] verdict.
+    """
     metrics: dict[str, float] = {}
     if votes:
         metrics["majority_share"] = sum(v.share for v in votes) / len(votes)
     if len(rollouts):
         metrics["answer_rate"] = sum(a is not None for a in rollouts.answers) / len(rollouts)
+        metrics["answer_concentration"] = answer_concentration(rollouts.answers)
     has_gold = ~torch.isnan(gold)
     if has_gold.any():
         metrics["gt_accuracy"] = gold[has_gold].mean().item()
@@ -111,3 +137,17 @@ def _monitor_metrics(rollouts: RolloutBatch, votes: list[GroupVote], gold: torch
     if labels:
         metrics["label_accuracy"] = sum(x > 0.5 for x in labels) / len(labels)
     return metrics
+
+
+def level_statistics(rollouts: RolloutBatch, votes: list[GroupVote], gold: torch.Tensor) -> dict[str, dict[str, float]]:
+    """Per ``"<task>/<level>"`` of the batch: groups, majority_share, gt_accuracy (NaN gold as 0) and
+    answer_rate: what a curriculum's advance rule reads, from the votes the mix computed anyway."""
+    out: dict[str, dict[str, float]] = {}
+    for key in dict.fromkeys(f"{p.task}/{p.level}" for p in rollouts.prompts):
+        groups = [b for b, p in enumerate(rollouts.prompts) if f"{p.task}/{p.level}" == key]
+        rows = [i for b in groups for i in range(b * rollouts.n, (b + 1) * rollouts.n)]
+        out[key] = {"groups": float(len(groups)),
+                    "majority_share": sum(votes[b].share for b in groups) / len(groups),
+                    "gt_accuracy": float(gold[rows].nan_to_num(0.0).mean()),
+                    "answer_rate": sum(rollouts.answers[i] is not None for i in rows) / len(rows)}
+    return out

@@ -55,7 +55,6 @@ class SelfJudge:
     """
 
     name = "self_judge"
-    uses_context = True
 
     def __init__(self, template: str = DEFAULT_TEMPLATE, verdicts: tuple[str, str] | list[str] = ("Yes", "No"),
                  system: str | None = None, shots: list[JudgeShot | dict] | None = None,
@@ -91,10 +90,10 @@ class SelfJudge:
         return [ids[0][0], ids[1][0]]
 
     # -- scoring --------------------------------------------------------------------------------
-    def __call__(self, rollouts: RolloutBatch, context: RewardContext) -> RewardOutput:
-        if context is None or context.engine is None:
+    def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
+        if ctx.engine is None:
             raise ValueError("self_judge needs the rollout engine (RewardContext.engine) to ask the policy")
-        tokenizer = getattr(context.policy, "tokenizer", None) or context.engine.tokenizer
+        tokenizer = ctx.engine.tokenizer
         # 1. one judging row per distinct (prompt, shown text); completions without an answer get none
         rows: dict[tuple[int, str], int] = {}
         row_of: list[int | None] = []
@@ -107,7 +106,7 @@ class SelfJudge:
         # 2. one batched scoring call: log p(yes), log p(no) per row
         conversations = [self.messages(question_of(rollouts.prompts[b]), shown) for b, shown in rows]
         if conversations:
-            logp = context.engine.next_token_logprobs(conversations, self.verdict_ids(tokenizer))  # [R, 2]
+            logp = ctx.engine.next_token_logprobs(conversations, self.verdict_ids(tokenizer))  # [R, 2]
             p_yes = torch.softmax(logp.float(), dim=-1)[:, 0]  # [R]: P(correct) over the two verdicts
         else:
             p_yes = torch.empty(0)

@@ -16,6 +16,7 @@ import torch
 
 from srtlab.data.sources import read_labels
 from srtlab.eval.canonical import parse_answer, parsed_equivalent
+from srtlab.rewards.base import RewardContext
 from srtlab.types import RewardOutput, RolloutBatch
 
 
@@ -33,7 +34,7 @@ class Teacher:
         self.path = labels
         self.labels = {pid: row["label"] for pid, row in read_labels(labels).items() if row.get("label") is not None}
 
-    def __call__(self, rollouts: RolloutBatch) -> RewardOutput:
+    def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
         rewards: list[float] = []
         covered = 0
         for prompt, group in zip(rollouts.prompts, rollouts.groups()):

@@ -8,36 +8,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
 
 import torch
 
-from srtlab.eval.canonical import cluster_answers
-from srtlab.eval.metrics import majority_vote
+from srtlab.rewards.base import GroupVote, RewardContext
 from srtlab.types import RewardOutput, RolloutBatch
-
-
-@dataclass(frozen=True)
-class GroupVote:
-    """The outcome of voting within one prompt's group of G completions."""
-
-    cluster_ids: list[int | None]  # [G] cluster of each completion, None for no readable answer
-    majority: int | None  # majority cluster id, None when no completion has an answer
-    share: float  # majority cluster size / G (0.0 when no answer)
-    representative: int | None  # batch index of the majority cluster's first member
-    answer: str | None  # that member's answer: the group's self-label
-
-
-def vote_groups(rollouts: RolloutBatch) -> list[GroupVote]:
-    """Cluster every group's answers by its prompt's ``answer_kind`` and take the majority (B entries)."""
-    votes = []
-    for prompt, group in zip(rollouts.prompts, rollouts.groups()):
-        ids = cluster_answers([rollouts.answers[i] for i in group], prompt.answer_kind)
-        majority, share = majority_vote(ids)
-        representative = None if majority is None else group[ids.index(majority)]
-        answer = None if representative is None else rollouts.answers[representative]
-        votes.append(GroupVote(ids, majority, share, representative, answer))
-    return votes
 
 
 class MajorityVote:
@@ -59,15 +34,11 @@ class MajorityVote:
         self.soft = soft
         self.min_agreement = min_agreement
 
-    def __call__(self, rollouts: RolloutBatch) -> RewardOutput:
-        return self.score(rollouts, vote_groups(rollouts))
+    def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
+        return self.score(ctx.votes)
 
-    def majority_answers(self, rollouts: RolloutBatch) -> list[str | None]:
-        """The self-label of each prompt (B entries), None where no completion has an answer."""
-        return [vote.answer for vote in vote_groups(rollouts)]
-
-    def score(self, rollouts: RolloutBatch, votes: list[GroupVote]) -> RewardOutput:
-        """Rewards from already computed ``vote_groups(rollouts)``, so the mix clusters only once."""
+    def score(self, votes: list[GroupVote]) -> RewardOutput:
+        """Rewards [B*G] from the batch's votes (computed once per batch by the mix)."""
         rewards: list[float] = []
         abstained = 0
         for vote in votes:

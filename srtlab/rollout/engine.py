@@ -67,3 +67,27 @@ class RolloutEngine(Protocol):
     def sleep(self) -> None: ...
 
     def wake(self) -> None: ...
+
+
+# -- prompt rendering, shared by every engine ----------------------------------------------------------
+def render_prompts(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
+    """Chat-template each prompt and tokenize it (no padding)."""
+    return render_messages(tokenizer, [p.messages for p in prompts])
+
+
+def resolve_prompt_ids(tokenizer, prompts: list[Prompt], prompt_ids: list[list[int]] | None) -> list[list[int]]:
+    """The token ids to continue from: ``prompt_ids`` as given (one list per prompt), or the rendered prompts."""
+    if prompt_ids is None:
+        return render_prompts(tokenizer, prompts)
+    if len(prompt_ids) != len(prompts):
+        raise ValueError(f"{len(prompt_ids)} prompt_ids lists for {len(prompts)} prompts; give one per prompt")
+    return [list(ids) for ids in prompt_ids]  # a multi-turn program's prefix, used as given
+
+
+def render_messages(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
+    """Chat-template each message list, generation prompt added, and tokenize it (no padding)."""
+    ids = []
+    for messages in conversations:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return ids

@@ -1,7 +1,8 @@
-"""Hugging Face ``generate`` engine, sharing the policy's own model object in process (no copy).
+"""Hugging Face ``generate`` engine, in process: a bf16 sampling copy of the policy (the default), or the
+policy itself.
 
-By default the engine samples with the policy module itself. With ``dtype="bfloat16"`` it keeps a
-bf16 copy of the policy for sampling instead (measured on a 2-core AVX512-BF16 CPU: bf16 matmuls 3.4x
+With ``dtype=null`` the engine samples with the policy module itself. With ``dtype="bfloat16"`` (the
+shipped default, configs/rollout/hf.yaml) it keeps a bf16 copy of the policy for sampling instead (measured on a 2-core AVX512-BF16 CPU: bf16 matmuls 3.4x
 faster) and receives the new weights tensor by tensor after each optimizer step, as vLLM does. The
 trainer then scores the samples with its own fp32 weights, as with any separate inference engine.
 
@@ -20,43 +21,10 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from srtlab.eval.extract import extract_answer
-from srtlab.rollout.engine import SamplingSettings
+from srtlab.models.forward import CACHE, left_pad
+from srtlab.seeds import seed_for
+from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
 from srtlab.types import Prompt, RolloutBatch
-
-
-def render_prompts(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
-    """Chat-template each prompt and tokenize it (no padding)."""
-    return render_messages(tokenizer, [p.messages for p in prompts])
-
-
-def resolve_prompt_ids(tokenizer, prompts: list[Prompt], prompt_ids: list[list[int]] | None) -> list[list[int]]:
-    """The token ids to continue from: ``prompt_ids`` as given (one list per prompt), or the rendered prompts."""
-    if prompt_ids is None:
-        return render_prompts(tokenizer, prompts)
-    if len(prompt_ids) != len(prompts):
-        raise ValueError(f"{len(prompt_ids)} prompt_ids lists for {len(prompts)} prompts; give one per prompt")
-    return [list(ids) for ids in prompt_ids]  # a multi-turn program's prefix, used as given
-
-
-def render_messages(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
-    """Chat-template each message list, generation prompt added, and tokenize it (no padding)."""
-    ids = []
-    for messages in conversations:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return ids
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> ids [N, L] and attention mask [N, L], padded on the left."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
-    return ids, mask
 
 
 def _trim(tokens: list[int], eos: set[int]) -> list[int]:
@@ -103,7 +71,7 @@ class HFEngine:
             for start in range(0, len(prompts), self.prompts_per_call):
                 chunk = prompt_ids[start:start + self.prompts_per_call]
                 # One RNG stream per (seed, chunk): reproducible whatever ran before.
-                torch.manual_seed(seed * 100_003 + start)
+                torch.manual_seed(seed_for(seed, "chunk", start))
                 completions += self._generate_chunk(chunk, n, sampling)
         finally:
             self.model.train(was_training)
@@ -128,7 +96,7 @@ class HFEngine:
             prefill = DynamicCache(config=self.model.config)
             positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
             self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
-                       past_key_values=prefill, use_cache=True, logits_to_keep=1)
+                       use_cache=True, logits_to_keep=1, **{CACHE: prefill})
             for static, layer in zip(cache.layers, prefill.layers):  # copy the prompt's cache G times
                 static.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0))
             del prefill
@@ -139,7 +107,7 @@ class HFEngine:
             top_k=None if greedy or not s.top_k else s.top_k, max_new_tokens=s.max_new_tokens,
             eos_token_id=self._eos_ids(), pad_token_id=pad,
             stop_strings=s.stop or None, tokenizer=self.tokenizer if s.stop else None,
-            past_key_values=cache,
+            **{CACHE: cache},
         )
         return [row.tolist() for row in out[:, ids.shape[1]:]]
 

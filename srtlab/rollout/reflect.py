@@ -40,67 +40,20 @@ and :class:`RetryEvaluation` measure held-out accuracy with and without a retry,
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
 
-import lightning as L
 import torch
 
 from srtlab.eval.canonical import answers_equivalent
+from srtlab.rewards.base import vote_groups
 from srtlab.rewards.ground_truth import GroundTruth
-from srtlab.rewards.vote import vote_groups
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
+from srtlab.rollout.turns import QUESTION, continue_after, episode, turn_ids
+from srtlab.seeds import seed_for
 from srtlab.types import Prompt, RewardOutput, RolloutBatch, question_of
 
 SIGNALS = ("ground_truth", "vote", "mix")
-QUESTION = "{question}"  # in an instruction: replaced by the prompt's question (its last user message)
-PLACEHOLDER = "\u2063R3\u2063"  # an assistant turn's content, to find where the template closes the turn
-
-
-# -- token-level pieces (pure functions) -------------------------------------------------------------
-def turn_text(tokenizer, instruction: str) -> str:
-    """The text that closes an assistant turn and adds a user turn ``instruction`` plus a new assistant turn.
-
-    Read off the tokenizer's chat template: a conversation rendered with and without the extra user
-    turn (the first must be a prefix of the second). For ChatML:
-    ``"<|im_end|>\\n<|im_start|>user\\n{instruction}<|im_end|>\\n<|im_start|>assistant\\n"``.
-    """
-    base = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": PLACEHOLDER}]
-    before = tokenizer.apply_chat_template(base, tokenize=False)
-    after = tokenizer.apply_chat_template(base + [{"role": "user", "content": instruction}], tokenize=False,
-                                          add_generation_prompt=True)
-    if not after.startswith(before) or PLACEHOLDER not in before:
-        raise ValueError("the chat template does not render a conversation as a prefix of its continuation; "
-                         "reflect-and-retry needs a template that appends turns (ChatML, Llama, ...)")
-    return before[before.rindex(PLACEHOLDER) + len(PLACEHOLDER):] + after[len(before):]
-
-
-def turn_ids(tokenizer, instruction: str) -> list[int]:
-    """:func:`turn_text` as token ids (special tokens in it recognised, none added)."""
-    return tokenizer(turn_text(tokenizer, instruction), add_special_tokens=False)["input_ids"]
-
-
-def continue_after(turn: list[int], finished: bool, next_turn: list[int]) -> list[int]:
-    """A sampled assistant turn followed by ``next_turn`` (see :func:`turn_ids`).
-
-    A finished turn (it ended with an end-of-turn token) loses that token, because ``next_turn`` starts
-    by closing the turn itself; a truncated turn is closed by ``next_turn``.
-    """
-    return (turn[:-1] if finished and turn else turn) + next_turn
-
-
-def episode(reflection: list[int], finished: bool, retry_turn: list[int], retry: list[int]) -> tuple[list[int], list[int]]:
-    """-> (completion ids, loss mask) of one reflection and its retry.
-
-    The completion is reflection, retry instruction turn, retry. The mask is 1 on the first
-    ``len(reflection)`` tokens: the reflection as sampled, its end-of-turn token included when it
-    finished (that position holds the turn's closing token); 0 on the instruction turn and the retry.
-    """
-    ids = continue_after(reflection, finished, retry_turn) + retry
-    return ids, [1] * len(reflection) + [0] * (len(ids) - len(reflection))
 
 
 # -- verdicts -----------------------------------------------------------------------------------------
@@ -123,7 +76,7 @@ class Verdicts:
         """-> success of each attempt (None: no verdict, the prompt is skipped), and each prompt's label."""
         labels: list[str | None] = [None] * len(attempts.prompts)
         if self.signal == "ground_truth":
-            ok = self.gold(attempts).rewards
+            ok = self.gold.verdicts(attempts)
             return [None if math.isnan(x) else x > 0.5 for x in ok.tolist()], labels
         if self.signal == "mix":
             return [x > 0.5 for x in mixed.rewards.tolist()], labels
@@ -139,7 +92,7 @@ class Verdicts:
     def retries(self, retries: RolloutBatch, labels: list[str | None]) -> list[bool]:
         """Success of each retry; ``retries`` has one prompt per case, ``labels`` one label per case."""
         if self.signal == "ground_truth":
-            return [x > 0.5 for x in self.gold(retries).rewards.tolist()]
+            return [x > 0.5 for x in self.gold.verdicts(retries).tolist()]
         if self.signal == "mix":
             return [x > 0.5 for x in self.score(retries).rewards.tolist()]
         success = []
@@ -151,7 +104,7 @@ class Verdicts:
         return success
 
 
-def _mean(xs: list[float]) -> float:
+def mean_or_nan(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
@@ -225,23 +178,23 @@ class ReflectRetry:
             attempts.completion_ids[c.attempt], ended(attempts.completion_ids[c.attempt]), []) for c in cases]
         reflect_ctx = [b + t[0] for b, t in zip(before, turns)]  # [C] prompt + attempt + instruction
         reflect_sampling = replace(sampling, max_new_tokens=self.reflect_max_new_tokens)
-        reflections = engine.generate(case_prompts, n, reflect_sampling, seed=seed * 4 + 1, prompt_ids=reflect_ctx)
+        reflections = engine.generate(case_prompts, n, reflect_sampling, seed=seed_for(seed, "program", 1), prompt_ids=reflect_ctx)
         retry_ctx = [reflect_ctx[i // n] + continue_after(r, ended(r), turns[i // n][1])
                      for i, r in enumerate(reflections.completion_ids)]
         retries = engine.generate([case_prompts[i // n] for i in range(len(retry_ctx))], 1, sampling,
-                                  seed=seed * 4 + 2, prompt_ids=retry_ctx)  # [C*n], one per reflection
+                                  seed=seed_for(seed, "program", 2), prompt_ids=retry_ctx)  # [C*n], one per reflection
         retries = regroup(retries, case_prompts, n)
         plain = None
         if plain_retry:
             plain_ctx = [b + t[1] for b, t in zip(before, turns)]
-            plain = engine.generate(case_prompts, n, sampling, seed=seed * 4 + 3, prompt_ids=plain_ctx)
+            plain = engine.generate(case_prompts, n, sampling, seed=seed_for(seed, "program", 3), prompt_ids=plain_ctx)
         return reflections, retries, plain
 
     def __call__(self, engine: RolloutEngine, prompts: list[Prompt], n: int, sampling: SamplingSettings,
                  seed: int, score) -> RolloutBatch:
         verdicts = Verdicts(self.signal, self.min_agreement, score, self.gold)
         # 1. first attempts, scored by the run's mix (the monitors), 2. the verdicts and the cases
-        attempts = engine.generate(prompts, self.attempts, sampling, seed=seed * 4)
+        attempts = engine.generate(prompts, self.attempts, sampling, seed=seed_for(seed, "program", 0))
         mixed = score(attempts)
         success, labels = verdicts.first(attempts, mixed)
         cases = []
@@ -250,7 +203,7 @@ class ReflectRetry:
             cases += [Case(b, i, labels[b]) for i in failed[: self.failures_per_prompt]]
         judged = [s for s in success if s is not None]
         metrics = dict(mixed.metrics)
-        metrics.update({f"r3/signal/{self.signal}": 1.0, "r3/first_success": _mean([float(s) for s in judged]),
+        metrics.update({f"r3/signal/{self.signal}": 1.0, "r3/first_success": mean_or_nan([float(s) for s in judged]),
                         "r3/judged": len(judged) / len(success), "r3/cases": float(len(cases))})
         gold = self._gold_rate(attempts)
         if gold is not None:
@@ -258,7 +211,7 @@ class ReflectRetry:
         if not cases:  # nothing failed: nothing to reflect on, nothing trained
             attempts.rewards = torch.zeros(len(attempts))
             attempts.loss_mask = [[0] * len(c) for c in attempts.completion_ids]
-            attempts.metrics = metrics
+            attempts.metrics, attempts.level_stats = metrics, dict(mixed.by_level)
             return attempts
 
         # 3-5. reflections, retries and their verdicts: a reflection's reward is its retry's success
@@ -270,11 +223,11 @@ class ReflectRetry:
         metrics.update(self._retry_metrics(attempts, cases, reflections, retries, ok))
         if plain is not None:
             plain_ok = verdicts.retries(plain, case_labels)
-            metrics["r3/plain_retry_success"] = _mean([float(x) for x in plain_ok])
+            metrics["r3/plain_retry_success"] = mean_or_nan([float(x) for x in plain_ok])
             gold = self._gold_rate(plain)
             if gold is not None:
                 metrics["r3/plain_retry_accuracy"] = gold
-        batch.metrics = metrics
+        batch.metrics, batch.level_stats = metrics, dict(mixed.by_level)  # curriculum: first attempts
         return batch
 
     def _training_batch(self, tokenizer, reflections: RolloutBatch, retries: RolloutBatch,
@@ -297,14 +250,14 @@ class ReflectRetry:
         n = reflections.n
         same = [retries.answers[i] is not None and retries.answers[i] == attempts.answers[cases[i // n].attempt]
                 for i in range(len(retries))]
-        metrics = {"r3/retry_success": _mean([float(x) for x in ok]),
-                   "r3/fixed_any": _mean([float(any(ok[c * n:(c + 1) * n])) for c in range(len(cases))]),
-                   "r3/retry_same_answer": _mean([float(x) for x in same]),
-                   "r3/reflection_length": _mean([float(len(c)) for c in reflections.completion_ids]),
+        metrics = {"r3/retry_success": mean_or_nan([float(x) for x in ok]),
+                   "r3/fixed_any": mean_or_nan([float(any(ok[c * n:(c + 1) * n])) for c in range(len(cases))]),
+                   "r3/retry_same_answer": mean_or_nan([float(x) for x in same]),
+                   "r3/reflection_length": mean_or_nan([float(len(c)) for c in reflections.completion_ids]),
                    "r3/reflection_truncated": reflections.finish_reasons.count("length") / len(reflections)}
         rewarded = [float(len(c)) for c, good in zip(reflections.completion_ids, ok) if good]
         if rewarded:  # against r3/reflection_length: is length itself being rewarded?
-            metrics["r3/reflection_length_rewarded"] = _mean(rewarded)
+            metrics["r3/reflection_length_rewarded"] = mean_or_nan(rewarded)
         gold = self._gold_rate(retries)
         if gold is not None:
             metrics["r3/retry_accuracy"] = gold
@@ -312,55 +265,9 @@ class ReflectRetry:
 
     def _gold_rate(self, rollouts: RolloutBatch) -> float | None:
         """Share of completions correct by the gold answer (prompts without one left out), or None."""
-        ok = self.gold(rollouts).rewards
+        ok = self.gold.verdicts(rollouts)
         ok = ok[~torch.isnan(ok)]
         return float(ok.mean()) if len(ok) else None
-
-    # -- evaluation with and without a retry ------------------------------------------------------------
-    def evaluate(self, engine: RolloutEngine, prompts: list[Prompt], k: int, sampling: SamplingSettings,
-                 seed: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """Held-out accuracy of one attempt, two attempts with a reflection between, two attempts without.
-
-        k first attempts per prompt; every attempt that is wrong by the gold answer gets one reflection and
-        one retry, and (separately) one plain retry. Returns metrics (unprefixed) and one sample row per
-        prompt. ``first``: mean first-attempt accuracy; ``reflect``: solved within two attempts with a
-        reflection; ``plain``: solved within two attempts with a plain "try again"; ``fixed`` and
-        ``plain_fixed``: share of failed attempts that the second attempt turns into successes.
-        """
-        prompts = [p for p in prompts if p.answer is not None]
-        if not prompts:
-            return {}, []
-        gold = self.gold
-        attempts = engine.generate(prompts, k, sampling, seed=seed * 4)
-        first = [x > 0.5 for x in gold(attempts).rewards.tolist()]  # [B*k]
-        cases = [Case(i // k, i) for i, ok in enumerate(first) if not ok]
-        fixed, plain_fixed, reflections, retries, plain = [], [], None, None, None
-        if cases:
-            reflections, retries, plain = self.reflect_and_retry(engine, prompts, attempts, cases, 1, sampling,
-                                                                 seed, plain_retry=True)
-            fixed = [x > 0.5 for x in gold(retries).rewards.tolist()]  # [C]
-            plain_fixed = [x > 0.5 for x in gold(plain).rewards.tolist()]  # [C]
-        second, second_plain = list(first), list(first)
-        for c, case in enumerate(cases):
-            second[case.attempt], second_plain[case.attempt] = fixed[c], plain_fixed[c]
-        metrics = {"first": _mean([float(x) for x in first]), "reflect": _mean([float(x) for x in second]),
-                   "plain": _mean([float(x) for x in second_plain])}
-        if cases:
-            metrics.update({"fixed": _mean([float(x) for x in fixed]), "plain_fixed": _mean([float(x) for x in plain_fixed]),
-                            "reflection_length": _mean([float(len(c)) for c in reflections.completion_ids])})
-        rows, where = [], {case.attempt: c for c, case in enumerate(cases)}
-        for b, p in enumerate(prompts):
-            row = {"id": p.id, "gold": p.answer, "attempts": []}
-            for i in range(b * k, (b + 1) * k):
-                item = {"text": attempts.texts[i], "answer": attempts.answers[i], "correct": first[i]}
-                if i in where:
-                    c = where[i]
-                    item.update(reflection=reflections.texts[c], retry=retries.texts[c], retry_correct=fixed[c],
-                                plain_retry=plain.texts[c], plain_retry_correct=plain_fixed[c])
-                row["attempts"].append(item)
-            rows.append(row)
-        return metrics, rows
-
 
 def regroup(rollouts: RolloutBatch, prompts: list[Prompt], n: int) -> RolloutBatch:
     """A batch of C*n one-sample groups as C groups of n (group c is rows c*n .. c*n+n-1), for scoring.
@@ -370,60 +277,3 @@ def regroup(rollouts: RolloutBatch, prompts: list[Prompt], n: int) -> RolloutBat
     """
     return replace(rollouts, prompts=list(prompts), n=n,
                    prompt_ids=[rollouts.prompt_ids[c * n] for c in range(len(prompts))])
-
-
-class RetryEvaluation(L.Callback):
-    """Adds held-out accuracy with and without a retry to every evaluation (``callbacks.retry_eval``).
-
-    At the end of each evaluation, runs :meth:`ReflectRetry.evaluate` on every held-out set with the
-    rollout callback's engine and adds ``val/<set>/r3_<metric>`` to the evaluation's metrics (so the
-    before/after table of ``fit`` and the output of ``eval`` show them); writes every sample to
-    ``<run_dir>/samples/<set>_r3_step<N>.jsonl``. The seeds depend only on (seed, set), so evaluations
-    before and after training see the same randomness.
-
-    Args:
-        program: the reflect-and-retry settings (instructions, reflection budget).
-        k: first attempts per held-out prompt.
-        sampling: sampling settings of attempts and retries.
-        seed: the run seed.
-    """
-
-    def __init__(self, program: ReflectRetry, sampling: SamplingSettings, k: int = 4, seed: int = 0) -> None:
-        if k < 1:
-            raise ValueError(f"callbacks.retry_eval.k={k}; must be >= 1")
-        sampling.validate()
-        self.program, self.sampling, self.k, self.seed = program, sampling, k, seed
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        from srtlab.rollout.callback import VAL_SEED_OFFSET, RolloutCallback
-
-        rollout = next((cb for cb in trainer.callbacks if isinstance(cb, RolloutCallback)), None)
-        if rollout is None:
-            raise RuntimeError("RetryEvaluation needs the RolloutCallback (its engine) among the trainer callbacks")
-        engine = rollout.engine_for(pl_module)
-        sets: dict[str, list[Prompt]] = {}
-        for loader in trainer.val_dataloaders if isinstance(trainer.val_dataloaders, list) else [trainer.val_dataloaders]:
-            for batch in loader:
-                sets.setdefault(batch.source, []).extend(batch.prompts)
-        metrics: dict[str, float] = {}
-        with torch.no_grad():
-            for s, (name, prompts) in enumerate(sets.items()):
-                seed = (self.seed + VAL_SEED_OFFSET) * 1_000_003 + 50_021 * (s + 1)
-                found, rows = self.program.evaluate(engine, prompts, self.k, self.sampling, seed)
-                metrics.update({f"val/{name}/r3_{key}": value for key, value in found.items()})
-                self._write(trainer, name, rows, pl_module.global_step)
-        if hasattr(pl_module, "last_val_metrics"):
-            pl_module.last_val_metrics.update(metrics)
-        if trainer.logger is not None and metrics:
-            trainer.logger.log_metrics(metrics, step=pl_module.global_step)
-
-    @staticmethod
-    def _write(trainer: L.Trainer, name: str, rows: list[dict], step: int) -> None:
-        if not trainer.is_global_zero:
-            return
-        folder = Path(trainer.default_root_dir) / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"{name}_r3_step{step}.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in rows)

@@ -18,13 +18,17 @@ losing weights, LoRA mapped wrong). Peer frameworks' most reported bug, so it is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.types import Prompt
+
+# (prompt ids [b], completion ids [b*n], n) -> (log-probs [b*n, T], mask [b*n, T], entropy [b*n, T]) under the
+# trainer's weights at the sampling temperature (``srtlab.models.forward.token_logprobs`` bound to the policy)
+LogprobFn = Callable[[list[list[int]], list[list[int]], int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 PEFT_PREFIX = "base_model.model."  # peft's PeftModel -> LoraModel -> the base model
 
@@ -106,7 +110,7 @@ class LogprobProbe:
     tokens: int = 8
     max_median_diff: float = 0.1
 
-    def __call__(self, policy, engine: RolloutEngine, prompts: list[Prompt], sampling: SamplingSettings,
+    def __call__(self, logprobs: LogprobFn, engine: RolloutEngine, prompts: list[Prompt], sampling: SamplingSettings,
                  seed: int) -> dict[str, float]:
         """-> ``{"sync/max_logprob_diff": ..., "sync/median_logprob_diff": ...}``, or {} when not probed."""
         probe = SamplingSettings(temperature=sampling.temperature, top_p=1.0, top_k=0,
@@ -115,7 +119,7 @@ class LogprobProbe:
         if r.sampler_logprobs is None or not any(r.completion_ids):
             return {}
         with torch.no_grad():
-            logp, mask, _ = policy.token_logprobs(policy.model, r.prompt_ids, r.completion_ids, 1)  # [b, T]
+            logp, mask, _ = logprobs(r.prompt_ids, r.completion_ids, 1)  # [b, T] the trainer's
         reported = torch.zeros_like(logp)
         for i, row in enumerate(r.sampler_logprobs):
             reported[i, : len(row)] = torch.tensor(row, dtype=logp.dtype)

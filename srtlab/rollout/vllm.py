@@ -31,20 +31,11 @@ import torch
 
 from srtlab.eval.extract import extract_answer
 from srtlab.models.load import resolve_model_path
-from srtlab.rollout.engine import SamplingSettings
-from srtlab.rollout.hf import render_messages, resolve_prompt_ids
+from srtlab.seeds import seed_for
+from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
 from srtlab.types import Prompt, RolloutBatch
 
 log = logging.getLogger(__name__)
-
-SEED_MOD = 2**62
-
-
-def request_seed(seed: int, prompt_index: int, n: int) -> int:
-    """The seed of prompt ``prompt_index``'s request; vLLM gives its n samples ``seed + j``, so requests
-    are spaced ``n`` apart and never share a sample seed within a call (or across steps, for B*n < 1e6)."""
-    return (seed * 1_000_003 + prompt_index * n) % SEED_MOD
-
 
 class VLLMEngine:
     """Samples with a colocated ``vllm.LLM`` loaded from the policy's model folder.
@@ -129,7 +120,7 @@ class VLLMEngine:
         params = [SamplingParams(
             n=n, temperature=sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
             top_k=0 if greedy else sampling.top_k, max_tokens=sampling.max_new_tokens, stop=list(sampling.stop),
-            include_stop_str_in_output=True, stop_token_ids=self.eos_ids, seed=request_seed(seed, b, n),
+            include_stop_str_in_output=True, stop_token_ids=self.eos_ids, seed=seed_for(seed, "request", b),
             logprobs=0, skip_special_tokens=True) for b in range(len(prompt_ids))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,
                                     use_tqdm=False)

@@ -128,23 +128,15 @@ def test_start_level_and_its_bounds():
 def test_warmup_swaps_in_the_gold_reward_and_back():
     from types import SimpleNamespace
 
-    from srtlab.rewards.mix import RewardMix
-    from srtlab.rewards.vote import MajorityVote
-    from srtlab.rollout.callback import RolloutCallback
-    from srtlab.rollout.engine import SamplingSettings
-
-    vote = RewardMix({"vote": MajorityVote()}, {"vote": 1.0})
-    rollout = RolloutCallback(engine=lambda **kw: None, reward=vote, n=2, sampling=SamplingSettings(), val_n=1,
-                              val_sampling=SamplingSettings())
-    mixtures = []
-    trainer = SimpleNamespace(callbacks=[rollout])
+    weights, mixtures = [], []
+    policy = SimpleNamespace(set_reward_weights=weights.append)  # the public method the scheduler calls
     s = scheduler(advance={"kind": "steps", "steps": 1}, gt_warmup_steps=1)
     s._datamodule = SimpleNamespace(set_mixture=mixtures.append)
-    s._apply(trainer)
-    assert rollout.reward is vote
+    s._apply(policy)
+    assert weights[-1] is None  # the config's own reward
     s.observe(1, stats())
-    s._apply(trainer)
-    assert rollout.reward.weights == {"ground_truth": 1.0} and mixtures[-1] == [("chain_sum", 0, 1.0)]
+    s._apply(policy)
+    assert weights[-1] == {"ground_truth": 1.0} and mixtures[-1] == [("chain_sum", 0, 1.0)]
     s.observe(2, stats())
-    s._apply(trainer)
-    assert rollout.reward is vote and mixtures[-1] == [("chain_sum", 1, 1.0)]
+    s._apply(policy)
+    assert weights[-1] is None and mixtures[-1] == [("chain_sum", 1, 1.0)]

@@ -1,7 +1,9 @@
 import torch
 
 from srtlab.algorithms.advantages import rloo
-from srtlab.modules.policy import AlgorithmSettings, OptimSettings, PolicyModule, completion_logits
+from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+from srtlab.models.forward import completion_logits
+from srtlab.modules.policy import PolicyModule
 from srtlab.types import Prompt, RolloutBatch
 
 PROMPTS = [[1, 40, 41, 42, 43, 44], [1, 50, 51]]  # two prompts of different lengths (left padding)

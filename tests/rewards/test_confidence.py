@@ -6,8 +6,11 @@ import math
 import pytest
 import torch
 
-from srtlab.modules.policy import AlgorithmSettings, OptimSettings, PolicyModule
-from srtlab.rewards.base import RewardContext
+from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+
+from srtlab.modules.policy import PolicyModule
+from conftest import ctx_for
+from srtlab.rewards.base import RunContext
 from srtlab.rewards.confidence import Confidence, normalize_in_groups, sequence_confidence, token_statistics
 from srtlab.rewards.mix import RewardMix
 from srtlab.rewards.vote import MajorityVote
@@ -93,11 +96,12 @@ def reference(model, kind: str) -> list[float]:
 def test_raw_values_through_the_policy_match_separate_forward_passes(kind, tiny_model_dir):
     module = PolicyModule(str(tiny_model_dir), AlgorithmSettings(), OptimSettings(), micro_batch_prompts=1)
     module.configure_model()  # in train mode, as during fit; the source scores in eval mode and restores it
-    out = Confidence(kind=kind, normalize="none")(_batch(), RewardContext(policy=module))
+    batch = _batch()
+    out = Confidence(kind=kind, normalize="none")(batch, ctx_for(batch, logits=module.scoring_logits, micro_batch_prompts=1))
     torch.testing.assert_close(out.rewards, torch.tensor(reference(module.model, kind)), equal_nan=True,
                                rtol=1e-4, atol=1e-5)
     assert module.model.training
-    ranked = Confidence(kind=kind)(_batch(), RewardContext(policy=module)).rewards
+    ranked = Confidence(kind=kind)(batch, ctx_for(batch, logits=module.scoring_logits)).rewards
     assert sorted(ranked[:3].tolist()) == [0.0, 0.5, 1.0] and ranked[3:5].tolist() in ([0.0, 1.0], [1.0, 0.0])
 
 
@@ -108,7 +112,7 @@ def test_mix_logs_confidence_even_at_weight_zero(tiny_model_dir):
     batch = _batch()
     batch.prompts = [Prompt(id="a", messages=[], task="t", answer="1"), Prompt(id="b", messages=[], task="t")]
     batch.answers = ["1", "1", "2", None, None, None]
-    out = mix(batch, RewardContext(policy=module))
+    out = mix(batch, RunContext(logits=module.scoring_logits))
     # ranks in group 0 are a permutation of 0, 0.5, 1 -> mean 0.5; group 1: two ranked (0, 1), one NaN
     assert out.metrics["reward/confidence"] == pytest.approx(0.5)
     assert "agreement/confidence" in out.metrics and "confidence/raw_self_certainty" in out.metrics

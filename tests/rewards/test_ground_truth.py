@@ -59,10 +59,10 @@ def test_ground_truth_rewards_by_hand(letter_prompt: Prompt) -> None:
         [letter_prompt, math_prompt(), math_prompt(answer=None)],
         ["1", "2", None, "0.5", r"\frac{2}{4}", "3", "1/2", "1/2", "1/2"],
     )
-    out = GroundTruth()(batch)
+    verdicts = GroundTruth().verdicts(batch)
     expected = torch.tensor([1, 0, 0, 1, 1, 0, NAN, NAN, NAN])
-    torch.testing.assert_close(out.rewards, expected, equal_nan=True)
-    assert out.rewards.dtype == torch.float32
+    torch.testing.assert_close(verdicts, expected, equal_nan=True)
+    assert verdicts.dtype == torch.float32
     assert GroundTruth.name == "ground_truth"
 
 
@@ -77,6 +77,6 @@ def test_scorer_is_built_once_per_task(letter_prompt: Prompt, monkeypatch: pytes
     monkeypatch.setattr(ground_truth.reasoning_gym, "get_score_answer_fn", counting)
     source = GroundTruth()
     batch = make_batch([letter_prompt, letter_prompt], ["1", "3", "1", "1"])
-    source(batch)
-    source(batch)
+    source.verdicts(batch)
+    source.verdicts(batch)
     assert calls == ["letter_counting"]

@@ -22,7 +22,7 @@ class Fixed:
     def __init__(self, rewards: list[float]) -> None:
         self.rewards = rewards
 
-    def __call__(self, rollouts: RolloutBatch) -> RewardOutput:
+    def __call__(self, rollouts: RolloutBatch, ctx) -> RewardOutput:
         return RewardOutput(torch.tensor(self.rewards, dtype=torch.float32), {"calls": 1.0})
 
 
@@ -67,6 +67,7 @@ def test_mix_rewards_and_metrics_by_hand() -> None:
             "agreement/judge": 3 / 4,  # indices 0..3 (index 9 has no gold): 1=1, 1=1, 1!=0, 0=0
             "majority_share": (0.5 + 0.5 + 0.0) / 3,
             "answer_rate": 7 / 12,
+            "answer_concentration": 2 / 12,  # "3" and "2" twice each, across prompts; no answer counts below
             "gt_accuracy": 4 / 8,
             "label_accuracy": 1 / 2,  # group 0's "3" is right, group 1's "0.5" wrong, group 2 has no gold
             "vote/majority_share": 1 / 3,
@@ -100,13 +101,52 @@ def test_gold_source_is_reused_as_the_monitor() -> None:
     assert out.metrics["label_accuracy"] == pytest.approx(0.5)
 
 
-def test_vote_clusters_once_per_call() -> None:
-    class NoDirectCall(MajorityVote):
-        def __call__(self, rollouts: RolloutBatch) -> RewardOutput:
-            raise AssertionError("the mix should reuse its own clustering")
+def test_votes_and_gold_are_computed_once_per_call(monkeypatch) -> None:
+    import srtlab.rewards.mix as mix_module
+    from srtlab.rewards.hybrid import Hybrid
 
-    out = RewardMix({"vote": NoDirectCall()}, {"vote": 1.0})(small_batch())
+    calls = {"votes": 0, "gold": 0}
+    real_votes, real_gold = mix_module.vote_groups, GroundTruth.verdicts
+
+    def counting_votes(rollouts):
+        calls["votes"] += 1
+        return real_votes(rollouts)
+
+    def counting_gold(self, rollouts):
+        calls["gold"] += 1
+        return real_gold(self, rollouts)
+
+    monkeypatch.setattr(mix_module, "vote_groups", counting_votes)
+    monkeypatch.setattr(GroundTruth, "verdicts", counting_gold)
+    mix = RewardMix({"vote": MajorityVote(), "hybrid": Hybrid(0.5), "ground_truth": GroundTruth()},
+                    {"vote": 1.0, "hybrid": 0.0, "ground_truth": 0.0})
+    out = mix(small_batch())
+    assert calls == {"votes": 1, "gold": 1}  # three sources and the monitors share one vote and one gold pass
     assert out.metrics["vote/abstain_rate"] == pytest.approx(1 / 3)
+    assert set(out.by_source) == {"vote", "hybrid", "ground_truth"}
+
+
+def test_level_statistics_per_task_and_level() -> None:
+    out = RewardMix({"vote": MajorityVote()}, {"vote": 1.0})(small_batch())
+    a, m = out.by_level["a/0"], out.by_level["m/0"]  # task "a": groups 0 and 2; task "m": group 1
+    assert a == pytest.approx({"groups": 2.0, "majority_share": 0.25, "gt_accuracy": 2 / 8, "answer_rate": 3 / 8})
+    assert m == pytest.approx({"groups": 1.0, "majority_share": 0.5, "gt_accuracy": 0.5, "answer_rate": 1.0})
+
+
+def test_infinite_reward_names_the_source() -> None:
+    bad = [math.inf] + [0.0] * 11
+    with pytest.raises(ValueError, match="'judge' returned an infinite reward"):
+        RewardMix({"judge": Fixed(bad)}, {"judge": 1.0})(small_batch())
+
+
+def test_with_weights_may_name_the_gold_monitor() -> None:
+    mix = RewardMix({"vote": MajorityVote()}, {"vote": 1.0})
+    gold_only = mix.with_weights({"ground_truth": 1.0})
+    assert gold_only.weights == {"vote": 0.0, "ground_truth": 1.0} and gold_only.gold is mix.gold
+    torch.testing.assert_close(gold_only(small_batch()).rewards,
+                               torch.tensor([1, 1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0], dtype=torch.float32))
+    with pytest.raises(ValueError, match="unknown sources"):
+        mix.with_weights({"judge": 1.0})
 
 
 def test_weights_must_match_sources() -> None:

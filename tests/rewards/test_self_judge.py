@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import make_batch
-from srtlab.rewards.base import RewardContext
+from conftest import ctx_for
+from srtlab.rewards.base import RunContext
 from srtlab.rewards.mix import RewardMix
 from srtlab.rewards.self_judge import SelfJudge
 from srtlab.rewards.vote import MajorityVote
@@ -38,7 +39,7 @@ def test_p_correct_through_the_engine_matches_an_unpadded_forward(tiny_model_and
     engine = HFEngine(model, tok)
     judge = SelfJudge()
     batch = make_batch(_prompts(), ["4", "4", None, "7", "x", "7"])  # B=2, G=3
-    out = judge(batch, RewardContext(engine=engine))
+    out = judge(batch, ctx_for(batch, engine=engine))
     q0, q1 = "What is 2 * 2?", "What is 3 + 4, the sum of three and four?"
     p4, p7, px = (unpadded_p_yes(model, tok, judge, q, a) for q, a in ((q0, "4"), (q1, "7"), (q1, "x")))
     expected = torch.tensor([p4, p4, NAN, p7, px, p7])
@@ -66,23 +67,23 @@ def test_probability_and_threshold_by_hand(tiny_model_and_tokenizer):
     batch = make_batch(_prompts(), ["4", "5", None, "7", "7", "7"])
     engine = FixedJudgeEngine(tok)
     # P(correct) = 0.3 / (0.3 + 0.1) = 0.75 for every judged completion
-    out = SelfJudge()(batch, RewardContext(engine=engine))
+    out = SelfJudge()(batch, ctx_for(batch, engine=engine))
     torch.testing.assert_close(out.rewards, torch.tensor([0.75, 0.75, NAN, 0.75, 0.75, 0.75]), equal_nan=True)
     yes, no = tok("Y")["input_ids"][0], tok("N")["input_ids"][0]  # the char tokenizer: first letters
     assert engine.calls == [(3, [yes, no])]  # one call; rows "4", "5" and "7"
-    hard = SelfJudge(threshold=0.7)(batch, RewardContext(engine=engine)).rewards
+    hard = SelfJudge(threshold=0.7)(batch, ctx_for(batch, engine=engine)).rewards
     torch.testing.assert_close(hard, torch.tensor([1.0, 1.0, NAN, 1.0, 1.0, 1.0]), equal_nan=True)
-    low = SelfJudge(threshold=0.8)(batch, RewardContext(engine=engine)).rewards
+    low = SelfJudge(threshold=0.8)(batch, ctx_for(batch, engine=engine)).rewards
     torch.testing.assert_close(low, torch.tensor([0.0, 0.0, NAN, 0.0, 0.0, 0.0]), equal_nan=True)
     # show="completion": one row per distinct completion text ("Answer: 4", "Answer: 5", "Answer: 7")
-    SelfJudge(show="completion")(batch, RewardContext(engine=engine))
+    SelfJudge(show="completion")(batch, ctx_for(batch, engine=engine))
     assert engine.calls[-1][0] == 3
 
 
 def test_no_answers_no_call_and_nan(tiny_model_and_tokenizer):
     _, tok = tiny_model_and_tokenizer
     engine = FixedJudgeEngine(tok)
-    out = SelfJudge()(make_batch(_prompts()[:1], [None, None]), RewardContext(engine=engine))
+    out = SelfJudge()(make_batch(_prompts()[:1], [None, None]), ctx_for(make_batch(_prompts()[:1], [None, None]), engine=engine))
     assert torch.isnan(out.rewards).all() and engine.calls == [] and "p_correct" not in out.metrics
 
 
@@ -98,7 +99,7 @@ def test_judge_messages_with_shots_and_system():
 def test_logged_as_a_monitor_in_the_mix_at_weight_zero(tiny_model_and_tokenizer):
     _, tok = tiny_model_and_tokenizer
     mix = RewardMix({"vote": MajorityVote(), "self_judge": SelfJudge()}, {"vote": 1.0, "self_judge": 0.0})
-    out = mix(make_batch(_prompts(), ["4", "5", "4", "7", "7", None]), RewardContext(engine=FixedJudgeEngine(tok)))
+    out = mix(make_batch(_prompts(), ["4", "5", "4", "7", "7", None]), RunContext(engine=FixedJudgeEngine(tok)))
     # judge 0.75 everywhere it has an answer: all count as "says correct"; gold: 1,0,1 and 1,1,(0, no answer)
     assert out.metrics["reward/self_judge"] == pytest.approx(0.75)
     assert out.metrics["agreement/self_judge"] == pytest.approx(4 / 5)  # 5 judged, "5" is wrong

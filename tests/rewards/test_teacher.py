@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_batch
+from conftest import ctx_for, make_batch
 from srtlab.rewards.hybrid import Hybrid, unit_hash
 from srtlab.rewards.teacher import Teacher
 from srtlab.types import Prompt
@@ -33,7 +33,7 @@ def test_teacher_rewards_agreement_with_fixed_labels(tmp_path):
                                  r"\frac{1}{2}", "1/2", "2", "0.50",  # math: all but "2" equal 0.5
                                  "9", "9", "9", "9",  # label not kept: abstains
                                  "1", "1", "1", "1"])  # not in the file: abstains
-    out = Teacher(labels)(batch)
+    out = Teacher(labels)(batch, ctx_for(batch))
     expected = [1, 1, 0, 0, 1, 1, 0, 1] + [NAN] * 8
     torch.testing.assert_close(out.rewards, torch.tensor(expected, dtype=torch.float32), equal_nan=True)
     assert out.metrics == {"coverage": 0.5}
@@ -57,7 +57,7 @@ def test_hybrid_takes_gold_on_labelled_prompts_and_the_vote_elsewhere():
     answers = ["4", "4", "5"] * 41  # majority "4" (vote 1,1,0), gold "5" (gold 0,0,1): the two disagree
     batch = make_batch(prompts, answers)
     hybrid = Hybrid(labelled_fraction=0.5)
-    out = hybrid(batch)
+    out = hybrid(batch, ctx_for(batch))
     labelled = [unit_hash(f"labelled:p/{i}") < 0.5 for i in range(40)] + [False]
     assert 0 < sum(labelled) < 40  # both kinds occur
     for b, is_labelled in enumerate(labelled):
@@ -65,9 +65,9 @@ def test_hybrid_takes_gold_on_labelled_prompts_and_the_vote_elsewhere():
         assert out.rewards[3 * b:3 * b + 3].tolist() == want, b
     assert out.metrics["labelled_share"] == pytest.approx(sum(labelled) / 41)
     # the extremes: all gold (where gold exists), all vote
-    assert Hybrid(labelled_fraction=1.0)(batch).rewards[:3].tolist() == [0.0, 0.0, 1.0]
-    assert Hybrid(labelled_fraction=1.0)(batch).rewards[-3:].tolist() == [1.0, 1.0, 0.0]  # no gold: vote
-    assert Hybrid(labelled_fraction=0.0)(batch).rewards.tolist() == [1.0, 1.0, 0.0] * 41
+    assert Hybrid(labelled_fraction=1.0)(batch, ctx_for(batch)).rewards[:3].tolist() == [0.0, 0.0, 1.0]
+    assert Hybrid(labelled_fraction=1.0)(batch, ctx_for(batch)).rewards[-3:].tolist() == [1.0, 1.0, 0.0]  # no gold: vote
+    assert Hybrid(labelled_fraction=0.0)(batch, ctx_for(batch)).rewards.tolist() == [1.0, 1.0, 0.0] * 41
     with pytest.raises(ValueError, match="labelled_fraction=1.5"):
         Hybrid(labelled_fraction=1.5)
 

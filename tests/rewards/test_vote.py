@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from srtlab.rewards.base import RewardSource
-from srtlab.rewards.vote import MajorityVote, vote_groups
+from conftest import ctx_for
+from srtlab.rewards.base import vote_groups
+from srtlab.rewards.vote import MajorityVote
 from conftest import make_batch
 from srtlab.types import Prompt
 
@@ -36,39 +38,39 @@ def test_hard_vote_by_hand() -> None:
         [prompt(0), prompt(1, "math")],
         ["7", "8", "07", None, "1/2", "0.5", "2", r"\frac{1}{2}"],
     )
-    out = MajorityVote()(batch)
+    out = MajorityVote()(batch, ctx_for(batch))
     assert_rewards(out.rewards, [1, 0, 1, 0, 1, 1, 0, 1])
     assert out.metrics == pytest.approx({"majority_share": (0.5 + 0.75) / 2, "abstain_rate": 0.0})
 
 
 def test_tie_goes_to_first_appearance() -> None:
     batch = make_batch([prompt(0)], ["b", "a", "a", "b"])
-    assert_rewards(MajorityVote()(batch).rewards, [1, 0, 0, 1])
-    assert MajorityVote().majority_answers(batch) == ["b"]
+    assert_rewards(MajorityVote()(batch, ctx_for(batch)).rewards, [1, 0, 0, 1])
+    assert [v.answer for v in vote_groups(batch)] == ["b"]
 
 
 def test_soft_vote_is_the_share_of_the_same_answer() -> None:
     # shares: "x" 3/5, "y" 1/5, no answer -> 0
     batch = make_batch([prompt(0)], ["x", "y", "x", None, "X"])
-    assert_rewards(MajorityVote(soft=True)(batch).rewards, [0.6, 0.2, 0.6, 0.0, 0.6])
+    assert_rewards(MajorityVote(soft=True)(batch, ctx_for(batch)).rewards, [0.6, 0.2, 0.6, 0.0, 0.6])
 
 
 def test_group_without_answers_abstains() -> None:
     batch = make_batch([prompt(0), prompt(1)], [None, None, "1", "2"])
-    out = MajorityVote()(batch)
+    out = MajorityVote()(batch, ctx_for(batch))
     assert_rewards(out.rewards, [NAN, NAN, 1, 0])
     assert out.metrics == pytest.approx({"majority_share": 0.25, "abstain_rate": 0.5})
-    assert MajorityVote().majority_answers(batch) == [None, "1"]
+    assert [v.answer for v in vote_groups(batch)] == [None, "1"]
 
 
 def test_min_agreement_abstains_below_threshold() -> None:
     # group 0 majority share 2/4 = 0.5 < 0.6 abstains; group 1 share 3/4 = 0.75 votes
     batch = make_batch([prompt(0), prompt(1)], ["a", "a", "b", "c", "d", "d", "d", None])
-    out = MajorityVote(min_agreement=0.6)(batch)
+    out = MajorityVote(min_agreement=0.6)(batch, ctx_for(batch))
     assert_rewards(out.rewards, [NAN, NAN, NAN, NAN, 1, 1, 1, 0])
     assert out.metrics["abstain_rate"] == 0.5
     # the threshold is inclusive: share 0.5 >= 0.5 votes
-    assert_rewards(MajorityVote(min_agreement=0.5)(batch).rewards, [1, 1, 0, 0, 1, 1, 1, 0])
+    assert_rewards(MajorityVote(min_agreement=0.5)(batch, ctx_for(batch)).rewards, [1, 1, 0, 0, 1, 1, 1, 0])
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5])

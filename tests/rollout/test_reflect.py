@@ -11,8 +11,11 @@ from conftest import PARITY_REWARD, make_tokenizer
 from srtlab.eval.extract import extract_answer
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.rollout.engine import SamplingSettings
-from srtlab.rollout.hf import HFEngine, render_prompts
-from srtlab.rollout.reflect import ReflectRetry, continue_after, episode, turn_ids, turn_text
+from srtlab.eval.retry import evaluate_retry
+from srtlab.rollout.engine import render_prompts
+from srtlab.rollout.hf import HFEngine
+from srtlab.rollout.reflect import ReflectRetry
+from srtlab.rollout.turns import continue_after, episode, turn_ids, turn_text
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 
 TOK = make_tokenizer()
@@ -49,7 +52,7 @@ def _ids(text: str) -> list[int]:
 
 
 def _gold_score(rollouts: RolloutBatch) -> RewardOutput:
-    return RewardOutput(rewards=GroundTruth()(rollouts).rewards, metrics={"seen": float(len(rollouts))})
+    return RewardOutput(rewards=GroundTruth().verdicts(rollouts), metrics={"seen": float(len(rollouts))})
 
 
 # -- token pieces, by hand ----------------------------------------------------------------------------
@@ -173,7 +176,7 @@ def test_evaluate_with_and_without_a_retry_by_hand():
         ["Answer: 12", "Answer: 3", "Answer: 5", "Answer: 1"],
         ["a", "b", "c"], ["Answer: 12", "Answer: 6", "Answer: 0"], ["Answer: 12", "Answer: 0", "Answer: 1"],
     ])
-    metrics, rows = ReflectRetry().evaluate(engine, [p0, p1], 2, SAMPLING, seed=0)
+    metrics, rows = evaluate_retry(ReflectRetry(), engine, [p0, p1], 2, SAMPLING, seed=0)
     assert metrics == pytest.approx({"first": 0.25, "reflect": 0.75, "plain": 0.5, "fixed": 2 / 3,
                                      "plain_fixed": 1 / 3, "reflection_length": 2.0})
     assert [c["n"] for c in engine.calls] == [2, 1, 1, 1]
@@ -229,7 +232,8 @@ def test_masked_episode_trains_exactly_the_reflection(tiny_model_dir):
     """The gradient of reflection + retry with the reflection mask equals that of the reflection alone
     (keep_retry=False): the retry tokens get no advantage and do not count in the normaliser."""
     from srtlab.algorithms.advantages import compute_advantages
-    from srtlab.modules.policy import AlgorithmSettings, OptimSettings, PolicyModule
+    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.modules.policy import PolicyModule
 
     module = PolicyModule(str(tiny_model_dir), AlgorithmSettings(advantage="grpo"), OptimSettings())
     module.configure_model()
@@ -255,7 +259,8 @@ def test_masked_episode_trains_exactly_the_reflection(tiny_model_dir):
 def test_program_on_the_vllm_engine(tmp_path):
     """The same program on vLLM (CPU build): contexts given as token ids, masks consistent."""
     from conftest import make_tiny_model
-    from srtlab.modules.policy import AlgorithmSettings, OptimSettings, PolicyModule
+    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.modules.policy import PolicyModule
     from srtlab.rollout.vllm import VLLMEngine
 
     model_dir = make_tiny_model(tmp_path / "tiny-llama-128", hidden=128, heads=2)  # vLLM CPU: heads of 64+

@@ -93,7 +93,7 @@ class _ReportingEngine:
         self.hf, self.scorer = HFEngine(model, tokenizer), scorer
 
     def generate(self, prompts, n, sampling, seed):
-        from srtlab.modules.policy import completion_logits
+        from srtlab.models.forward import completion_logits
 
         r: RolloutBatch = self.hf.generate(prompts, n, sampling, seed)
         logits, ids, mask = completion_logits(self.scorer, r.prompt_ids, r.completion_ids, n,
@@ -104,11 +104,16 @@ class _ReportingEngine:
 
 
 def _policy(model_dir):
-    from srtlab.modules.policy import AlgorithmSettings, OptimSettings, PolicyModule
+    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.modules.policy import PolicyModule
 
     policy = PolicyModule(str(model_dir), AlgorithmSettings(), OptimSettings(), temperature=0.7)
     policy.configure_model()
     return policy
+
+
+def _logprobs(policy):
+    return lambda p, c, n: policy.token_logprobs(policy.model, p, c, n)
 
 
 def test_probe_passes_in_sync_and_fails_loudly_out_of_sync(tiny_model_dir):
@@ -117,21 +122,21 @@ def test_probe_passes_in_sync_and_fails_loudly_out_of_sync(tiny_model_dir):
     sampling = SamplingSettings(temperature=0.7, max_new_tokens=4)
     probe = LogprobProbe(prompts=2, tokens=6, max_median_diff=0.02)
     in_sync = _ReportingEngine(policy.model, policy.tokenizer, scorer=policy.model)
-    out = probe(policy, in_sync, prompts, sampling, seed=0)
+    out = probe(_logprobs(policy), in_sync, prompts, sampling, seed=0)
     assert out["sync/max_logprob_diff"] < 1e-4 and out["sync/median_logprob_diff"] <= out["sync/max_logprob_diff"]
     stale = copy.deepcopy(policy.model)
     with torch.no_grad():  # the trainer moved on, the engine did not get the new weights
         for p in policy.model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     with pytest.raises(RuntimeError, match="weight sync check failed"):
-        probe(policy, _ReportingEngine(stale, policy.tokenizer, scorer=stale), prompts, sampling, seed=0)
+        probe(_logprobs(policy), _ReportingEngine(stale, policy.tokenizer, scorer=stale), prompts, sampling, seed=0)
 
 
 def test_probe_skips_engines_without_logprobs(tiny_model_dir):
     policy = _policy(tiny_model_dir)
     prompts = [Prompt(id="0", messages=[{"role": "user", "content": "q"}], task="t")]
     engine = HFEngine(policy.model, policy.tokenizer)
-    assert LogprobProbe()(policy, engine, prompts, SamplingSettings(max_new_tokens=2), seed=0) == {}
+    assert LogprobProbe()(_logprobs(policy), engine, prompts, SamplingSettings(max_new_tokens=2), seed=0) == {}
 
 
 def test_vllm_config_composes_without_vllm(tiny_cfg):

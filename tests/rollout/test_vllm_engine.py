@@ -29,7 +29,8 @@ def vllm_model_dir(tmp_path_factory):
 
 
 def _policy(model_dir, lora=None):
-    from srtlab.modules.policy import AlgorithmSettings, OptimSettings, PolicyModule
+    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.modules.policy import PolicyModule
 
     policy = PolicyModule(str(model_dir), AlgorithmSettings(), OptimSettings(), lora=lora, temperature=0.7)
     policy.configure_model()

@@ -1,0 +1,36 @@
+"""Every random stream of a run, derived in one place from (run seed, stream name, keys).
+
+A run is a pure function of its config and seed: each consumer asks for its own stream
+(``seed_for(run_seed, "train", step)``) instead of adding magic offsets, so two streams never collide
+by accident and a resumed run draws exactly what an uninterrupted run would have drawn. The keys are
+whatever identifies one draw within the stream (the step, a task and level, a batch index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# The named streams, and what each one seeds.
+STREAMS = {
+    "train": "training samples of a step (keys: step)",
+    "val": "held-out samples of an evaluation (keys: set index, batch index)",
+    "probe": "the weight-sync probe's samples (keys: step)",
+    "retry_eval": "held-out reflect-and-retry evaluation (keys: set index)",
+    "climb_eval": "the curriculum's per-level evaluations (keys: task, level)",
+    "label": "frozen-teacher labelling samples (keys: batch start)",
+    "data": "training prompts (keys: task, level)",
+    "data_val": "held-out prompts (keys: task, level)",
+    "program": "the turns of a multi-call rollout program (keys: call index)",
+    "chunk": "one generate call's chunk of prompts (keys: chunk start)",
+    "request": "one engine request (keys: prompt index)",
+}
+
+SEED_BITS = 31  # torch, numpy, random and vLLM all accept seeds below 2**31
+
+
+def seed_for(run_seed: int, stream: str, *keys: int | str) -> int:
+    """A seed in [0, 2**31) for one draw of ``stream`` (see STREAMS), a hash of (run seed, stream, keys)."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown seed stream {stream!r}; known: {', '.join(STREAMS)}")
+    digest = hashlib.blake2b(repr((int(run_seed), stream, tuple(keys))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**SEED_BITS
