@@ -25,8 +25,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from srtlab.rewards.base import vote_groups
-from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.eval.gold import GoldScorer
+from srtlab.eval.votes import vote_groups
 from srtlab.seeds import seed_for
 from srtlab.types import question_of
 
@@ -71,7 +71,7 @@ def label_rows(engine, prompts: list, settings: LabelSettings, sampling, seed: i
     for p in prompts:
         firsts.setdefault(question_of(p), p)
     unique = list(firsts.values())
-    gold_monitor = GroundTruth()
+    gold_monitor = GoldScorer()
     results: dict[str, dict[str, Any]] = {}  # question -> the columns its prompts share
     for start in range(0, len(unique), settings.prompts_per_call):
         chunk = unique[start:start + settings.prompts_per_call]

@@ -122,7 +122,8 @@ def make_batch(prompts, answers):
 
 def ctx_for(batch, **fields):
     """The RewardContext the mix would build for ``batch`` (its votes and gold verdicts), plus ``fields``."""
-    from srtlab.rewards.base import RewardContext, vote_groups
+    from srtlab.eval.votes import vote_groups
+    from srtlab.rewards.base import RewardContext
     from srtlab.rewards.ground_truth import GroundTruth
 
     return RewardContext(votes=vote_groups(batch), gold=GroundTruth().verdicts(batch), **fields)

@@ -30,6 +30,7 @@ from srtlab.curriculum.evaluate import format_before_after, plot_climb, write_ta
 from srtlab.curriculum.levels import LevelSpec, describe, level_config
 from srtlab.curriculum.rules import AdvanceRule
 from srtlab.data.prompts import PromptFormat
+from srtlab.eval.gold import GoldScorer
 from srtlab.eval.heldout import evaluate_prompts, write_samples
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.seeds import seed_for
@@ -87,7 +88,7 @@ class CurriculumScheduler(L.Callback):
             if not 0 <= self.tasks[name].start < len(configs):
                 raise ValueError(f"curriculum task {name!r} start={self.tasks[name].start}; its levels are "
                                  f"0..{len(configs) - 1}")
-        self.gold = GroundTruth()
+        self.gold = GoldScorer()
         # -- the state saved in checkpoints --
         self.level = {name: t.start for name, t in self.tasks.items()}
         self.history: dict[str, list[float]] = {name: [] for name in self.tasks}  # rule metric at this level

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from srtlab.eval.canonical import cluster_answers
+from srtlab.eval.gold import GoldScorer
 from srtlab.eval.metrics import aggregate_scores, answer_concentration, group_scores
-from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.types import Prompt, RolloutBatch
 
@@ -62,7 +62,7 @@ def named_metrics(name: str, k: int, metrics: dict[str, float]) -> dict[str, flo
 
 @torch.no_grad()
 def evaluate_prompts(engine: RolloutEngine, prompts: Sequence[Prompt], k: int, sampling: SamplingSettings,
-                     seed: int, gold: GroundTruth, batch_size: int = 8) -> tuple[dict[str, float], list[dict]]:
+                     seed: int, gold: GoldScorer, batch_size: int = 8) -> tuple[dict[str, float], list[dict]]:
     """:func:`heldout_metrics` of ``k`` samples per prompt drawn with ``engine``, and the sample rows."""
     scores, samples = [], []
     for start in range(0, len(prompts), batch_size):

@@ -31,14 +31,14 @@ import lightning as L
 import torch
 
 from srtlab.algorithms.advantages import compute_advantages
-from srtlab.algorithms.losses import aggregate, kl_k3, masked_mean, policy_gradient_loss
 from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+from srtlab.eval.gold import GoldScorer
 from srtlab.eval.heldout import heldout_metrics, named_metrics, score_groups, write_samples
-from srtlab.models.forward import TokenLogprobs, completion_logits, right_pad, token_logprobs
+from srtlab.models.forward import TokenLogprobs, completion_logits, token_logprobs
 from srtlab.models.load import LoraSettings, load_model, load_tokenizer
 from srtlab.models.parallel import checkpoint_mlps, shard_model
+from srtlab.modules.loss_pass import loss_pass
 from srtlab.rewards.base import RunContext
-from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.rewards.mix import RewardMix
 from srtlab.rollout.engine import RolloutEngine
 from srtlab.rollout.rollouts import Rollouts
@@ -89,7 +89,7 @@ class PolicyModule(L.LightningModule):
         self.tokenizer = load_tokenizer(model_path, trust_remote_code)
         self.model: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
-        self.gold = GroundTruth()  # held-out scoring
+        self.gold = GoldScorer()  # held-out scoring
         self._val_scores: dict[str, list[dict[str, float]]] = {}
         self._val_samples: dict[str, list[dict]] = {}
         self._val_k = 0  # samples per prompt in the last evaluation
@@ -240,64 +240,12 @@ class PolicyModule(L.LightningModule):
         return {"loss": torch.tensor(stats["train/loss"]), "metrics": metrics, "level_stats": r.level_stats}
 
     def accumulate_gradients(self, r: RolloutBatch, adv: torch.Tensor, backward) -> dict[str, float]:
-        """Forward and ``backward(loss)`` over micro-batches of whole groups; returns step metrics.
-
-        Each micro-batch's loss is weighted by its share of the batch's normaliser (tokens for
-        token_mean, sequences otherwise), so the accumulated gradient is that of the whole batch.
-        ``train/entropy`` covers every sample: groups skipped by the gradient pass get a no-grad pass.
-        """
-        algo, n = self.algorithm, r.n
-        lengths = torch.tensor([len(c) for c in r.completion_ids], dtype=torch.float)  # [B*G]
-        if r.loss_mask is not None:  # the normaliser counts trained tokens only
-            lengths = torch.tensor([float(sum(m)) for m in r.loss_mask])  # [B*G]
-        total_tokens, total_seqs = float(lengths.sum().clamp(min=1)), float(len(r))
-        max_tokens = algo.max_tokens or int(lengths.max().clamp(min=1))
-        groups = range(len(r.prompts))
+        """Forward and ``backward(loss)`` over micro-batches of whole groups (``srtlab.modules.loss_pass``)."""
         # Several processes train every group: each must run as many forward/backward passes (collectives).
-        every = algo.kl_coef > 0 or (self._trainer is not None and self.trainer.world_size > 1)
-        active = [b for b in groups if every or bool(adv[b * n:(b + 1) * n].abs().sum() > 0)]
-        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
-        tokens_seen = entropy_tokens = 0.0
-        for chunk, rows, p_ids, c_ids in self._micro_batches(r, active):
-            logp, mask, entropy = self.token_logprobs(self.model, p_ids, c_ids, n)  # [b*n, T]
-            if r.loss_mask is not None:  # only some completion tokens are trained (e.g. a reflection)
-                mask = mask & right_pad([r.loss_mask[i] for i in rows], 0)[0].bool().to(mask.device)
-            loss, m = policy_gradient_loss(logp, logp.detach(), adv[rows], mask, algo.clip_eps,
-                                           algo.clip_eps_high, algo.loss_agg, max_tokens)
-            if algo.kl_coef > 0:
-                kl = kl_k3(logp, self.reference_logprobs(p_ids, c_ids, n))  # [b*n, T]
-                loss = loss + algo.kl_coef * aggregate(kl, mask, algo.loss_agg, max_tokens)
-                sums["kl"] += float(masked_mean(kl.detach(), mask)) * float(mask.sum())
-            tokens = float(mask.sum())
-            share = tokens / total_tokens if algo.loss_agg == "token_mean" else len(rows) / total_seqs
-            backward(loss * share)
-            sums["loss"] += float(loss.detach()) * share
-            sums["entropy"] += float(masked_mean(entropy, mask)) * tokens
-            sums["clip_fraction"] += float(m["clip_fraction"]) * tokens
-            tokens_seen += tokens
-        entropy_tokens = tokens_seen
-        skipped = [b for b in groups if b not in set(active)]
-        with torch.no_grad():  # the entropy of the groups the gradient pass skipped
-            for chunk, rows, p_ids, c_ids in self._micro_batches(r, skipped):
-                _, mask, entropy = self.token_logprobs(self.model, p_ids, c_ids, n)
-                sums["entropy"] += float(masked_mean(entropy, mask)) * float(mask.sum())
-                entropy_tokens += float(mask.sum())
-        stats = {"train/loss": sums["loss"], "train/response_length": float(lengths.mean()),
-                 "train/active_groups": len(active) / max(1, len(groups))}
-        if entropy_tokens:
-            stats["train/entropy"] = sums["entropy"] / entropy_tokens
-        if tokens_seen:
-            stats["train/clip_fraction"] = sums["clip_fraction"] / tokens_seen
-            if algo.kl_coef > 0:
-                stats["train/kl"] = sums["kl"] / tokens_seen
-        return stats
-
-    def _micro_batches(self, r: RolloutBatch, groups: list[int]):
-        """(groups, completion rows, prompt ids, completion ids) per micro-batch of whole groups."""
-        for start in range(0, len(groups), self.micro_batch_prompts):
-            chunk = groups[start:start + self.micro_batch_prompts]
-            rows = [i for b in chunk for i in range(b * r.n, (b + 1) * r.n)]
-            yield chunk, rows, [r.prompt_ids[b] for b in chunk], [r.completion_ids[i] for i in rows]
+        every = self.algorithm.kl_coef > 0 or (self._trainer is not None and self.trainer.world_size > 1)
+        return loss_pass(r, adv, lambda p, c, n: self.token_logprobs(self.model, p, c, n),
+                         self.reference_logprobs if self.algorithm.kl_coef > 0 else None, self.algorithm,
+                         self.micro_batch_prompts, backward, train_every_group=every)
 
     def _write_train_samples(self, r: RolloutBatch, adv: torch.Tensor, step: int) -> None:
         """Every completion of the step with its answer, reward per source and advantage:

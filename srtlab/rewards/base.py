@@ -14,8 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from srtlab.eval.canonical import cluster_answers
-from srtlab.eval.metrics import majority_vote
+from srtlab.eval.votes import GroupVote
 from srtlab.rollout.engine import RolloutEngine
 from srtlab.types import RewardOutput, RolloutBatch
 
@@ -23,29 +22,6 @@ from srtlab.types import RewardOutput, RolloutBatch
 # the trainer's weights, no gradient, under the trainer's precision; the caller micro-batches by whole groups.
 CompletionLogitsFn = Callable[[list[list[int]], list[list[int]], int],
                               tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class GroupVote:
-    """The outcome of voting within one prompt's group of G completions."""
-
-    cluster_ids: list[int | None]  # [G] cluster of each completion, None for no readable answer
-    majority: int | None  # majority cluster id, None when no completion has an answer
-    share: float  # majority cluster size / G (0.0 when no answer)
-    representative: int | None  # batch index of the majority cluster's first member
-    answer: str | None  # that member's answer: the group's self-label
-
-
-def vote_groups(rollouts: RolloutBatch) -> list[GroupVote]:
-    """Cluster every group's answers by its prompt's ``answer_kind`` and take the majority (B entries)."""
-    votes = []
-    for prompt, group in zip(rollouts.prompts, rollouts.groups()):
-        ids = cluster_answers([rollouts.answers[i] for i in group], prompt.answer_kind)
-        majority, share = majority_vote(ids)
-        representative = None if majority is None else group[ids.index(majority)]
-        answer = None if representative is None else rollouts.answers[representative]
-        votes.append(GroupVote(ids, majority, share, representative, answer))
-    return votes
 
 
 @dataclass(frozen=True)

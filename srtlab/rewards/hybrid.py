@@ -12,8 +12,8 @@ import hashlib
 
 import torch
 
+from srtlab.eval.gold import has_gold
 from srtlab.rewards.base import RewardContext
-from srtlab.rewards.ground_truth import has_gold
 from srtlab.rewards.vote import MajorityVote
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 

@@ -6,7 +6,8 @@ import math
 import torch
 
 from srtlab.eval.metrics import answer_concentration
-from srtlab.rewards.base import GroupVote, RewardContext, RewardSource, RunContext, vote_groups
+from srtlab.eval.votes import GroupVote, vote_groups
+from srtlab.rewards.base import RewardContext, RewardSource, RunContext
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.types import RewardOutput, RolloutBatch
 

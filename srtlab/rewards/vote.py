@@ -11,7 +11,8 @@ from collections import Counter
 
 import torch
 
-from srtlab.rewards.base import GroupVote, RewardContext
+from srtlab.eval.votes import GroupVote
+from srtlab.rewards.base import RewardContext
 from srtlab.types import RewardOutput, RolloutBatch
 
 

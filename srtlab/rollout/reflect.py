@@ -46,8 +46,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from srtlab.eval.canonical import answers_equivalent
-from srtlab.rewards.base import vote_groups
-from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.eval.gold import GoldScorer
+from srtlab.eval.votes import vote_groups
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.rollout.turns import QUESTION, continue_after, episode, turn_ids
 from srtlab.seeds import seed_for
@@ -69,7 +69,7 @@ class Case:
 class Verdicts:
     """Success or failure of first attempts and of retries, by the chosen failure signal."""
 
-    def __init__(self, signal: str, min_agreement: float, score, gold: GroundTruth) -> None:
+    def __init__(self, signal: str, min_agreement: float, score, gold: GoldScorer) -> None:
         self.signal, self.min_agreement, self.score, self.gold = signal, min_agreement, score, gold
 
     def first(self, attempts: RolloutBatch, mixed: RewardOutput) -> tuple[list[bool | None], list[str | None]]:
@@ -144,7 +144,7 @@ class ReflectRetry:
         self.reflect_max_new_tokens, self.min_agreement = reflect_max_new_tokens, min_agreement
         self.plain_retry, self.keep_retry = plain_retry, keep_retry
         self._turns: dict[tuple[int, str], tuple[list[int], list[int]]] = {}  # -> (reflect, retry) turn ids
-        self.gold = GroundTruth()  # the monitor (and the ground_truth signal); keeps its task scorers
+        self.gold = GoldScorer()  # the monitor (and the ground_truth signal); keeps its task scorers
 
     def turns(self, tokenizer, prompt: Prompt) -> tuple[list[int], list[int]]:
         """The reflection and retry instruction turns of ``prompt`` as token ids (``{question}`` filled in)."""

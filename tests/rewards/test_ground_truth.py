@@ -6,8 +6,9 @@ import pytest
 import reasoning_gym
 import torch
 
-from srtlab.rewards import ground_truth
-from srtlab.rewards.ground_truth import GroundTruth, is_correct
+from srtlab.eval import gold as ground_truth
+from srtlab.eval.gold import is_correct
+from srtlab.rewards.ground_truth import GroundTruth
 from conftest import make_batch
 from srtlab.types import Prompt
 

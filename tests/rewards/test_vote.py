@@ -7,7 +7,7 @@ import torch
 
 from srtlab.rewards.base import RewardSource
 from conftest import ctx_for
-from srtlab.rewards.base import vote_groups
+from srtlab.eval.votes import vote_groups
 from srtlab.rewards.vote import MajorityVote
 from conftest import make_batch
 from srtlab.types import Prompt
