@@ -37,12 +37,11 @@ def question_of(prompt: Prompt) -> str:
 
 @dataclass
 class PromptBatch:
-    """What the datamodule yields; the rollout callback fills ``rollouts`` before the module's step."""
+    """What the datamodule yields: the prompts of one step (train) or one held-out batch (val)."""
 
     prompts: list[Prompt]
     step: int = 0  # the global step this batch was drawn for (train) or the batch index (val)
     source: str = "train"  # "train" or the name of the held-out set the prompts come from
-    rollouts: RolloutBatch | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)

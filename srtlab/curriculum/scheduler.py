@@ -3,8 +3,8 @@
 It owns the current level of each task and hands the datamodule the training mixture for it
 (``PromptDataModule.set_mixture``): the current level, or with ``earlier_share > 0`` a blend of the
 current and earlier levels (to limit forgetting). After every step it reads that step's statistics of
-the current level's prompts (majority share, gold accuracy, answer rate; measured on the samples of
-the step, before it trains on them) and asks the advance rule (``srtlab.curriculum.rules``) whether to
+the current level's prompts from the step's outputs (majority share, gold accuracy, answer rate: the
+reward mix's ``level_stats``, measured on the samples of the step, before it trains on them) and asks the advance rule (``srtlab.curriculum.rules``) whether to
 move up. When a task moves up, the model keeps training from where it is (the SRT paper's multi-level
 climb), optionally after ``gt_warmup_steps`` steps of ground-truth reward on the previous level
 (``curriculum/gt_warmup`` is 1 on those steps; off by default).

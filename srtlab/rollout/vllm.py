@@ -1,7 +1,7 @@
 """vLLM rollout engine, colocated in the training process (``rollout=vllm``).
 
 The engine runs in the trainer's own process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, one uniprocess
-executor), so weights reach it as a Python generator: after each optimizer step the rollout callback
+executor), so weights reach it as a Python generator: after each optimizer step the rollout stage
 streams :func:`srtlab.rollout.sync.policy_weights` (LoRA merged out of place, FSDP shards gathered one
 tensor at a time) into ``collective_rpc("reload_weights", ...)``, which loads them tensor by tensor
 through the model's own ``load_weights``; then the prefix cache is reset. ``vllm`` is imported only
