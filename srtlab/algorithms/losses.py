@@ -60,15 +60,21 @@ def policy_gradient_loss(
     clip_eps_high: float | None = None,
     agg: str = "token_mean",
     max_tokens: int | None = None,
+    token_weights: Tensor | None = None,
+    dual_clip: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017) per token, then ``aggregate``.
 
     loss_t = -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps_high) * A), ratio = exp(logp - old).
-    ``clip_eps_high`` (default: ``clip_eps``) is DAPO's clip-higher. ``advantages`` ``[N]`` is broadcast
-    over tokens; it and ``old_logprobs`` are detached, so the gradient w.r.t. ``logprobs`` is the
+    ``clip_eps_high`` (default: ``clip_eps``) is DAPO's clip-higher. ``dual_clip`` (c > 1, Ye et al. 2020,
+    as verl's ``clip_ratio_c``) bounds the loss of negative-advantage tokens at ``-c * A``, so a token whose
+    ratio exploded cannot dominate. ``token_weights`` [N, T] (detached) multiply the per-token loss: the
+    truncated importance weights of :func:`importance_weights`. ``advantages`` ``[N]`` is broadcast over
+    tokens; it and ``old_logprobs`` are detached, so the gradient w.r.t. ``logprobs`` is the
     policy-gradient estimator. The log-ratio is not clamped (clamping would zero those tokens' gradient).
     Metrics (detached): clip_fraction = share of masked tokens where the clipped branch binds
-    (A > 0 and ratio > 1 + high, or A < 0 and ratio < 1 - low); ratio_mean = masked mean ratio.
+    (A > 0 and ratio > 1 + high, or A < 0 and ratio < 1 - low); ratio_mean = masked mean ratio;
+    dual_clip_fraction = share where the dual clip binds.
     """
     high = clip_eps if clip_eps_high is None else clip_eps_high
     m = mask.bool()  # [N, T]
@@ -78,13 +84,44 @@ def policy_gradient_loss(
     unclipped = -ratio * adv  # [N, T]
     clipped = -torch.clamp(ratio, 1.0 - clip_eps, 1.0 + high) * adv  # [N, T]
     per_token = torch.maximum(unclipped, clipped)  # [N, T]; -min(...) of the objectives
+    dual = torch.zeros_like(m)
+    if dual_clip is not None:
+        bound = -dual_clip * adv  # [N, 1]; the largest loss a negative-advantage token may have
+        dual = (adv < 0) & (per_token > bound)
+        per_token = torch.where(adv < 0, torch.minimum(per_token, bound), per_token)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach().to(per_token.dtype)
     loss = aggregate(per_token, m, agg, max_tokens)
     with torch.no_grad():
         metrics = {
             "clip_fraction": masked_mean((clipped > unclipped).to(logprobs.dtype), m),
             "ratio_mean": masked_mean(ratio, m),
+            "dual_clip_fraction": masked_mean(dual.to(logprobs.dtype), m),
         }
     return loss, metrics
+
+
+IS_CORRECTIONS = ("none", "tis", "mis")
+
+
+def importance_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, mode: str,
+                       cap: float) -> tuple[Tensor, Tensor]:
+    """Per-token correction for sampling with another model than the one trained (bf16 copy, vLLM).
+
+    The ratio ``w = exp(old - sampler)`` of the trainer's (old) to the sampler's probability of each
+    sampled token. ``tis`` (truncated importance sampling, Yao et al. 2025; verl, OpenRLHF): weights
+    ``min(w, cap)``; ``mis`` (masked): weight 1, and tokens with ``w > cap`` are dropped from the loss;
+    ``none``: weight 1. Returns (weights [N, T], mask [N, T]), both detached; padding keeps weight 1.
+    """
+    if mode not in IS_CORRECTIONS:
+        raise ValueError(f"algorithm.is_correction={mode!r}; accepted: {', '.join(IS_CORRECTIONS)}")
+    m = mask.bool()
+    w = torch.exp(torch.where(m, old_logprobs - sampler_logprobs, torch.zeros_like(old_logprobs))).detach()
+    if mode == "tis":
+        return torch.clamp(w, max=cap), m
+    if mode == "mis":
+        return torch.ones_like(w), m & (w <= cap)
+    return torch.ones_like(w), m
 
 
 def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:

@@ -40,6 +40,15 @@ def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
+def pad_values(rows: list[list[float]], width: int, fill: float = 0.0) -> torch.Tensor:
+    """Per-token float values (e.g. stored log-probs) -> [N, width], right-padded with ``fill``."""
+    out = torch.full((len(rows), width), fill, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        n = min(len(row), width)
+        out[i, :n] = torch.tensor(row[:n], dtype=torch.float32)
+    return out
+
+
 def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], n: int,
                       pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits of every completion token, with each prompt's forward pass shared by its n completions.

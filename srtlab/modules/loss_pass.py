@@ -1,11 +1,16 @@
-"""The gradient pass of one step: the policy loss over micro-batches of whole groups, and its metrics.
+"""The gradient pass of one update: the policy loss over micro-batches of whole groups, and its metrics.
 
-Each micro-batch's loss is weighted by its share of the batch's normaliser (tokens for ``token_mean``,
-sequences otherwise), so the accumulated gradient is that of the whole batch whatever the split.
+Each micro-batch's loss is weighted by its share of the update's normaliser (tokens for ``token_mean``,
+sequences otherwise), so the accumulated gradient is that of the whole update whatever the split.
 Groups whose advantages are all zero (unanimous groups) carry no policy gradient and are skipped
 unless ``train_every_group`` (the KL term needs them, or several processes must run as many passes);
 they still count in the normaliser, and a no-grad pass measures their entropy, so ``train/entropy``
 covers every sample of the step.
+
+"Old" log-probs are the trainer's log-probs at rollout time: the current ones detached on the first
+update of a batch (the weights have not moved yet), or the stored ones (``old``) when a batch is used for
+several updates. The sampler's own log-probs (``RolloutBatch.sampler_logprobs``) give the importance
+correction and the sampler-trainer KL (the bf16 copy or vLLM is not the fp32 trainer).
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from srtlab.algorithms.losses import aggregate, kl_k3, masked_mean, policy_gradient_loss
+from srtlab.algorithms.losses import aggregate, importance_weights, kl_k3, masked_mean, policy_gradient_loss
 from srtlab.algorithms.settings import AlgorithmSettings
-from srtlab.models.forward import TokenLogprobs, right_pad
+from srtlab.models.forward import TokenLogprobs, pad_values, right_pad
 from srtlab.types import RolloutBatch
 
 LogprobFn = Callable[[list[list[int]], list[list[int]], int], TokenLogprobs]  # (prompt ids, completion ids, n)
@@ -31,55 +36,90 @@ def micro_batches(r: RolloutBatch, groups: list[int], size: int) -> Iterator[tup
         yield rows, [r.prompt_ids[b] for b in chunk], [r.completion_ids[i] for i in rows]
 
 
+@torch.no_grad()
+def stored_logprobs(r: RolloutBatch, logprobs: LogprobFn, micro_batch_prompts: int) -> list[list[float]]:
+    """The trainer's log-probs of every completion before any update: the "old" policy of PPO epochs."""
+    out: list[list[float]] = [[] for _ in range(len(r))]
+    for rows, p_ids, c_ids in micro_batches(r, list(range(len(r.prompts))), micro_batch_prompts):
+        logp, mask, _ = logprobs(p_ids, c_ids, r.n)
+        for j, i in enumerate(rows):
+            out[i] = logp[j][mask[j]].float().cpu().tolist()
+    return out
+
+
 def loss_pass(r: RolloutBatch, adv: torch.Tensor, logprobs: LogprobFn,
               reference: Callable[[list[list[int]], list[list[int]], int], torch.Tensor] | None,
               algo: AlgorithmSettings, micro_batch_prompts: int, backward: Callable[[torch.Tensor], None],
-              train_every_group: bool = False) -> dict[str, float]:
-    """Forward and ``backward(loss)`` over micro-batches; returns the step's ``train/*`` metrics.
+              max_tokens: int | None = None, groups: list[int] | None = None, train_every_group: bool = False,
+              old: list[list[float]] | None = None, measure_skipped: bool = True) -> dict[str, float]:
+    """Forward and ``backward(loss)`` over micro-batches of ``groups`` (default: all); -> ``train/*`` metrics.
 
     ``adv`` [B*G]; ``logprobs`` scores completions with the trained weights (with grad); ``reference``
-    gives the frozen reference's log-probs [b*n, T] when the KL term is on (``algo.kl_coef > 0``).
+    gives the frozen reference's log-probs [b*n, T] when the KL term is on; ``max_tokens`` is Dr. GRPO's
+    constant (default: the longest completion); ``old`` the stored old log-probs (None: first update).
     """
     n = r.n
-    lengths = torch.tensor([len(c) for c in r.completion_ids], dtype=torch.float)  # [B*G]
+    groups = list(range(len(r.prompts))) if groups is None else list(groups)
+    rows_all = [i for b in groups for i in range(b * n, (b + 1) * n)]
+    lengths = torch.tensor([float(len(r.completion_ids[i])) for i in rows_all])  # [rows]
     if r.loss_mask is not None:  # the normaliser counts trained tokens only
-        lengths = torch.tensor([float(sum(m)) for m in r.loss_mask])  # [B*G]
-    total_tokens, total_seqs = float(lengths.sum().clamp(min=1)), float(len(r))
-    max_tokens = algo.max_tokens or int(lengths.max().clamp(min=1))
-    groups = list(range(len(r.prompts)))
+        lengths = torch.tensor([float(sum(r.loss_mask[i])) for i in rows_all])
+    total_tokens, total_seqs = float(lengths.sum().clamp(min=1)), float(max(len(rows_all), 1))
+    max_tokens = max_tokens or int(lengths.max().clamp(min=1)) if len(lengths) else 1
     active = [b for b in groups if train_every_group or bool(adv[b * n:(b + 1) * n].abs().sum() > 0)]
-    sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
-    tokens_seen = 0.0
+    sums = dict.fromkeys(("loss", "kl", "entropy", "clip_fraction", "dual_clip_fraction", "is_weight_mean",
+                          "sampler_kl", "is_masked"), 0.0)
+    is_max, tokens_seen, sampler_tokens = 0.0, 0.0, 0.0
     for rows, p_ids, c_ids in micro_batches(r, active, micro_batch_prompts):
         logp, mask, entropy = logprobs(p_ids, c_ids, n)  # [b*n, T]
         if r.loss_mask is not None:  # only some completion tokens are trained (e.g. a reflection)
             mask = mask & right_pad([r.loss_mask[i] for i in rows], 0)[0].bool().to(mask.device)
-        loss, m = policy_gradient_loss(logp, logp.detach(), adv[rows], mask, algo.clip_eps, algo.clip_eps_high,
-                                       algo.loss_agg, max_tokens)
+        width = logp.shape[1]
+        old_logp = logp.detach() if old is None else pad_values([old[i] for i in rows], width).to(logp.device)
+        weights = None
+        train_mask = mask
+        if r.sampler_logprobs is not None:
+            sampler = pad_values([r.sampler_logprobs[i] for i in rows], width).to(logp.device)  # [b*n, T]
+            weights, train_mask = importance_weights(old_logp, sampler, mask, algo.is_correction, algo.is_cap)
+            raw = torch.exp(torch.where(mask, old_logp - sampler, torch.zeros_like(sampler)))
+            sums["is_weight_mean"] += float(masked_mean(raw, mask)) * float(mask.sum())
+            sums["sampler_kl"] += float(masked_mean(kl_k3(sampler, old_logp), mask)) * float(mask.sum())
+            sums["is_masked"] += float((mask & ~train_mask).sum())
+            is_max = max(is_max, float(raw[mask].max())) if mask.any() else is_max
+            sampler_tokens += float(mask.sum())
+        loss, m = policy_gradient_loss(logp, old_logp, adv[rows], train_mask, algo.clip_eps, algo.clip_eps_high,
+                                       algo.loss_agg, max_tokens, token_weights=weights, dual_clip=algo.dual_clip)
         if algo.kl_coef > 0 and reference is not None:
             kl = kl_k3(logp, reference(p_ids, c_ids, n))  # [b*n, T]
-            loss = loss + algo.kl_coef * aggregate(kl, mask, algo.loss_agg, max_tokens)
+            loss = loss + algo.kl_coef * aggregate(kl, train_mask, algo.loss_agg, max_tokens)
             sums["kl"] += float(masked_mean(kl.detach(), mask)) * float(mask.sum())
         tokens = float(mask.sum())
-        share = tokens / total_tokens if algo.loss_agg == "token_mean" else len(rows) / total_seqs
+        share = float(train_mask.sum()) / total_tokens if algo.loss_agg == "token_mean" else len(rows) / total_seqs
         backward(loss * share)
         sums["loss"] += float(loss.detach()) * share
         sums["entropy"] += float(masked_mean(entropy, mask)) * tokens
         sums["clip_fraction"] += float(m["clip_fraction"]) * tokens
+        sums["dual_clip_fraction"] += float(m["dual_clip_fraction"]) * tokens
         tokens_seen += tokens
     entropy_tokens = tokens_seen
-    skipped = sorted(set(groups) - set(active))
+    skipped = sorted(set(groups) - set(active)) if measure_skipped else []
     with torch.no_grad():  # the entropy of the groups the gradient pass skipped
         for _, p_ids, c_ids in micro_batches(r, skipped, micro_batch_prompts):
             _, mask, entropy = logprobs(p_ids, c_ids, n)
             sums["entropy"] += float(masked_mean(entropy, mask)) * float(mask.sum())
             entropy_tokens += float(mask.sum())
-    stats = {"train/loss": sums["loss"], "train/response_length": float(lengths.mean()),
+    stats = {"train/loss": sums["loss"], "train/response_length": float(lengths.mean()) if len(lengths) else 0.0,
              "train/active_groups": len(active) / max(1, len(groups))}
-    if entropy_tokens:
+    if entropy_tokens and measure_skipped:
         stats["train/entropy"] = sums["entropy"] / entropy_tokens
     if tokens_seen:
         stats["train/clip_fraction"] = sums["clip_fraction"] / tokens_seen
+        if algo.dual_clip is not None:
+            stats["train/dual_clip_fraction"] = sums["dual_clip_fraction"] / tokens_seen
         if algo.kl_coef > 0:
             stats["train/kl"] = sums["kl"] / tokens_seen
+    if sampler_tokens:
+        stats.update({"train/is_weight_mean": sums["is_weight_mean"] / sampler_tokens, "train/is_weight_max": is_max,
+                      "train/sampler_kl": sums["sampler_kl"] / sampler_tokens,
+                      "train/is_masked": sums["is_masked"] / sampler_tokens})
     return stats

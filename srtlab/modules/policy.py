@@ -37,7 +37,7 @@ from srtlab.eval.heldout import heldout_metrics, named_metrics, score_groups, wr
 from srtlab.models.forward import TokenLogprobs, completion_logits, token_logprobs
 from srtlab.models.load import LoraSettings, load_model, load_tokenizer
 from srtlab.models.parallel import checkpoint_mlps, shard_model
-from srtlab.modules.loss_pass import loss_pass
+from srtlab.modules.loss_pass import loss_pass, stored_logprobs
 from srtlab.rewards.base import RunContext
 from srtlab.rewards.mix import RewardMix
 from srtlab.rollout.engine import RolloutEngine
@@ -207,16 +207,8 @@ class PolicyModule(L.LightningModule):
         # 2. advantages, per group
         adv = compute_advantages(self.algorithm.advantage, r.rewards.to(self.device), r.n)  # [B*G]
 
-        # 3. loss and backward over micro-batches of whole groups
-        opt = self.optimizers()
-        opt.zero_grad()
-        stats = self.accumulate_gradients(r, adv, self.manual_backward)
-
-        # 4. optimizer step
-        if self.optim.grad_clip > 0 and stats["train/active_groups"] > 0:
-            self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
-        opt.step()
-        self.lr_schedulers().step()
+        # 3-4. loss, backward and optimizer step: ppo_epochs x mini_batches updates (one by default)
+        stats = self.update(r, adv)
         t2 = time.perf_counter()
 
         # 5. weight sync into the engine, then the probe (the next step samples from these weights)
@@ -226,7 +218,7 @@ class PolicyModule(L.LightningModule):
 
         # 6. log, samples
         metrics = {**{f"train/{k}": v for k, v in r.metrics.items()}, **stats, **probe,
-                   "train/lr": opt.param_groups[0]["lr"], "train/truncated": r.finish_reasons.count("length") / len(r),
+                   "train/lr": self.optimizers().param_groups[0]["lr"], "train/truncated": r.finish_reasons.count("length") / len(r),
                    "time/generate": t1 - t0 - reward_s, "time/reward": reward_s, "time/train": t2 - t1,
                    "time/sync": t3 - t2,
                    "perf/tokens_per_s": sum(len(c) for c in r.completion_ids) / max(t1 - t0 - reward_s, 1e-9)}
@@ -239,13 +231,48 @@ class PolicyModule(L.LightningModule):
             self._write_train_samples(r, adv, batch.step)
         return {"loss": torch.tensor(stats["train/loss"]), "metrics": metrics, "level_stats": r.level_stats}
 
-    def accumulate_gradients(self, r: RolloutBatch, adv: torch.Tensor, backward) -> dict[str, float]:
+    def update(self, r: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:
+        """``ppo_epochs`` x ``mini_batches`` optimizer updates on one rollout batch; -> the step's metrics.
+
+        Every update after the first compares against the log-probs stored before the first, so the clip
+        (and clip-higher, dual clip) act. The updates before the last step the bare torch optimizer, so
+        that Lightning counts one global step per rollout batch (seeds, schedules and resume key on it).
+        """
+        algo, opt = self.algorithm, self.optimizers()
+        groups = list(range(len(r.prompts)))
+        parts = [groups[i::algo.mini_batches] for i in range(algo.mini_batches)]
+        updates = [part for _ in range(algo.ppo_epochs) for part in parts if part]
+        old = None
+        if len(updates) > 1:
+            old = stored_logprobs(r, lambda p, c, n: self.token_logprobs(self.model, p, c, n), self.micro_batch_prompts)
+        totals: dict[str, list[float]] = {}
+        for i, part in enumerate(updates):
+            opt.zero_grad()
+            stats = self.accumulate_gradients(r, adv, self.manual_backward, groups=part, old=old,
+                                              measure_skipped=i < len(parts))
+            if self.optim.grad_clip > 0 and stats["train/active_groups"] > 0:
+                self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+            if i == len(updates) - 1:
+                opt.step()
+                self.lr_schedulers().step()
+            else:
+                opt.optimizer.step()
+            for key, value in stats.items():
+                totals.setdefault(key, []).append(value)
+        out = {key: (max(v) if key.endswith("_max") else sum(v) / len(v)) for key, v in totals.items()}
+        out["train/updates"] = float(len(updates))
+        return out
+
+    def accumulate_gradients(self, r: RolloutBatch, adv: torch.Tensor, backward, groups: list[int] | None = None,
+                             old: list[list[float]] | None = None, measure_skipped: bool = True) -> dict[str, float]:
         """Forward and ``backward(loss)`` over micro-batches of whole groups (``srtlab.modules.loss_pass``)."""
         # Several processes train every group: each must run as many forward/backward passes (collectives).
         every = self.algorithm.kl_coef > 0 or (self._trainer is not None and self.trainer.world_size > 1)
+        max_tokens = self.algorithm.max_tokens or (self.rollouts.sampling.max_new_tokens if self.rollouts else None)
         return loss_pass(r, adv, lambda p, c, n: self.token_logprobs(self.model, p, c, n),
                          self.reference_logprobs if self.algorithm.kl_coef > 0 else None, self.algorithm,
-                         self.micro_batch_prompts, backward, train_every_group=every)
+                         self.micro_batch_prompts, backward, max_tokens=max_tokens, groups=groups,
+                         train_every_group=every, old=old, measure_skipped=measure_skipped)
 
     def _write_train_samples(self, r: RolloutBatch, adv: torch.Tensor, step: int) -> None:
         """Every completion of the step with its answer, reward per source and advantage:

@@ -18,13 +18,42 @@ import copy
 from collections.abc import Iterable
 
 import torch
-from transformers import DynamicCache, StaticCache
+from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StaticCache
 
 from srtlab.eval.extract import extract_answer
 from srtlab.models.forward import CACHE, left_pad
 from srtlab.seeds import seed_for
 from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
 from srtlab.types import Prompt, RolloutBatch
+
+
+class SampledLogprobs(LogitsProcessor):
+    """Records the log-prob of each sampled token under the sampling model at the sampling temperature.
+
+    ``generate`` runs custom processors before its temperature/top-k/top-p warpers, and shows a processor
+    the token chosen at step t only at step t+1 (as the last input id), so this keeps one step of
+    ``log_softmax(scores / T)`` [rows, V] and gathers at the next call (and once more after the last
+    step, :meth:`finish`). Top-k/top-p truncation is not applied: the trainer's log-probs
+    (``srtlab.models.forward.token_logprobs``) are untruncated at the same temperature, so the two compare.
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature or 1.0
+        self.previous: torch.Tensor | None = None  # [rows, V]
+        self.steps: list[torch.Tensor] = []  # each [rows]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """[rows, steps] log-probs of ``new_tokens`` [rows, steps] (what generate returned)."""
+        if self.previous is not None and len(self.steps) < new_tokens.shape[1]:
+            self.steps.append(self.previous.gather(-1, new_tokens[:, len(self.steps):len(self.steps) + 1]).squeeze(-1))
+        self.previous = None
+        return torch.stack(self.steps, 1) if self.steps else torch.zeros(new_tokens.shape[0], 0)
 
 
 def _trim(tokens: list[int], eos: set[int]) -> list[int]:
@@ -65,6 +94,7 @@ class HFEngine:
                  prompt_ids: list[list[int]] | None = None) -> RolloutBatch:
         prompt_ids = resolve_prompt_ids(self.tokenizer, prompts, prompt_ids)
         completions: list[list[int]] = []
+        logprobs: list[list[float]] = []
         was_training = self.model.training
         self.model.eval()
         try:
@@ -72,20 +102,25 @@ class HFEngine:
                 chunk = prompt_ids[start:start + self.prompts_per_call]
                 # One RNG stream per (seed, chunk): reproducible whatever ran before.
                 torch.manual_seed(seed_for(seed, "chunk", start))
-                completions += self._generate_chunk(chunk, n, sampling)
+                ids, lps = self._generate_chunk(chunk, n, sampling)
+                completions += ids
+                logprobs += lps
         finally:
             self.model.train(was_training)
         eos = set(self._eos_ids())
         completions = [_trim(c, eos) for c in completions]
+        logprobs = [lp[: len(c)] for lp, c in zip(logprobs, completions)]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
         return RolloutBatch(
             prompts=list(prompts), n=n, prompt_ids=prompt_ids, completion_ids=completions, texts=texts,
             answers=[extract_answer(t, self.answer_style) for t in texts],
             finish_reasons=["stop" if c and c[-1] in eos else "length" for c in completions],
+            sampler_logprobs=logprobs,
         )
 
     @torch.no_grad()
-    def _generate_chunk(self, prompt_ids: list[list[int]], n: int, s: SamplingSettings) -> list[list[int]]:
+    def _generate_chunk(self, prompt_ids: list[list[int]], n: int, s: SamplingSettings
+                        ) -> tuple[list[list[int]], list[list[float]]]:
         pad = self.tokenizer.pad_token_id
         ids, mask = left_pad(prompt_ids, pad)  # [b, P]
         ids_n, mask_n = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)  # [b*n, P]
@@ -101,15 +136,17 @@ class HFEngine:
                 static.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0))
             del prefill
         greedy = s.temperature == 0
+        recorder = SampledLogprobs(s.temperature)
         out = self.model.generate(
             input_ids=ids_n, attention_mask=mask_n, do_sample=not greedy,
             temperature=None if greedy else s.temperature, top_p=None if greedy else s.top_p,
             top_k=None if greedy or not s.top_k else s.top_k, max_new_tokens=s.max_new_tokens,
             eos_token_id=self._eos_ids(), pad_token_id=pad,
             stop_strings=s.stop or None, tokenizer=self.tokenizer if s.stop else None,
-            **{CACHE: cache},
+            logits_processor=LogitsProcessorList([recorder]), **{CACHE: cache},
         )
-        return [row.tolist() for row in out[:, ids.shape[1]:]]
+        new = out[:, ids.shape[1]:]  # [b*n, steps]
+        return [row.tolist() for row in new], [row.tolist() for row in recorder.finish(new).cpu()]
 
     @torch.no_grad()
     def next_token_logprobs(self, prompts: list[list[dict[str, str]]], token_ids: list[int],

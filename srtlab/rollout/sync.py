@@ -95,7 +95,8 @@ class LogprobProbe:
 
     The engine must report the log-probs of the distribution it samples from (vLLM:
     ``logprobs_mode=processed_logprobs``, i.e. after temperature), which is what the trainer computes
-    (``log_softmax(logits / T)``). Engines that report none (the HF engine) are not probed.
+    (``log_softmax(logits / T)``); the HF engine records it while sampling. Engines that report none are not
+    probed.
 
     Args:
         prompts: prompts of the current batch to probe (the first ones).

@@ -132,11 +132,18 @@ def test_probe_passes_in_sync_and_fails_loudly_out_of_sync(tiny_model_dir):
         probe(_logprobs(policy), _ReportingEngine(stale, policy.tokenizer, scorer=stale), prompts, sampling, seed=0)
 
 
-def test_probe_skips_engines_without_logprobs(tiny_model_dir):
-    policy = _policy(tiny_model_dir)
-    prompts = [Prompt(id="0", messages=[{"role": "user", "content": "q"}], task="t")]
-    engine = HFEngine(policy.model, policy.tokenizer)
-    assert LogprobProbe()(_logprobs(policy), engine, prompts, SamplingSettings(max_new_tokens=2), seed=0) == {}
+def test_hf_engine_reports_sampler_logprobs_that_match_the_trainer(tiny_model_dir):
+    policy = _policy(tiny_model_dir)  # temperature 0.7, fp32
+    prompts = [Prompt(id=str(i), messages=[{"role": "user", "content": q}], task="t") for i, q in enumerate("ab")]
+    sampling = SamplingSettings(temperature=0.7, max_new_tokens=6)
+    shared = HFEngine(policy.model, policy.tokenizer)  # samples with the fp32 policy itself: the same numbers
+    out = LogprobProbe(prompts=2, tokens=6)(_logprobs(policy), shared, prompts, sampling, seed=0)
+    assert out["sync/max_logprob_diff"] < 1e-4
+    r = shared.generate(prompts, 3, sampling, seed=1)
+    assert [len(lp) for lp in r.sampler_logprobs] == [len(c) for c in r.completion_ids]
+    bf16 = HFEngine(policy.model, policy.tokenizer, dtype="bfloat16")  # a bf16 copy: close, not equal
+    out = LogprobProbe(prompts=2, tokens=6, max_median_diff=0.1)(_logprobs(policy), bf16, prompts, sampling, seed=0)
+    assert 0 < out["sync/median_logprob_diff"] < 0.1
 
 
 def test_vllm_config_composes_without_vllm(tiny_cfg):
