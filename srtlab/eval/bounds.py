@@ -28,6 +28,7 @@ from sympy.concrete.products import Product
 from sympy.concrete.summations import Sum
 from sympy.core.function import Derivative
 from sympy.functions.combinatorial.factorials import binomial, factorial, factorial2, subfactorial
+from sympy.functions.elementary.exponential import exp
 from sympy.functions.special.gamma_functions import gamma
 from sympy.integrals.integrals import Integral
 from sympy.matrices import MatrixBase
@@ -143,6 +144,8 @@ def _log10_bound(expr: object, nodes: list[int]) -> float:
         base, exponent = (_log10_bound(arg, nodes) for arg in expr.args)
         return _times_power_of_ten(max(base, 1.0), exponent)
     args = [_log10_bound(arg, nodes) for arg in expr.args]
+    if isinstance(expr, exp):  # e**x, as Pow
+        return _times_power_of_ten(1.0, args[0])
     if isinstance(expr, _GROWING):
         largest = max(args)  # log10(n!) <= n * log10(n), n <= 10**largest
         return _times_power_of_ten(max(largest, 1.0), largest)
