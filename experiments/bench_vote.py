@@ -73,7 +73,7 @@ def main() -> None:
     for run in range(args.runs):
         rng = random.Random(run)
         groups = [make_group(rng, args.samples) for _ in range(args.prompts)]
-        batch_times.append(timed(lambda: [cluster_answers(g, "math", stats=stats) for g in groups]))
+        batch_times.append(timed(lambda groups=groups: [cluster_answers(g, "math", stats=stats) for g in groups]))
     print(f"vote {args.prompts} x {args.samples} math answers: median {statistics.median(batch_times):.2f} s "
           f"(runs: {', '.join(f'{t:.2f}' for t in batch_times)}); per run: refused {stats.refused / args.runs:.0f}, "
           f"timeouts {stats.timeouts / args.runs:.1f}, text_only {stats.text_only / args.runs:.1f}")
@@ -84,7 +84,7 @@ def main() -> None:
     for size in (100_000, 1_000_000):
         texts = {"open tags": "<answer>" * (size // 8), "dollar run": r"\boxed{" + "$" * size + "}",
                  "unclosed box": r"\boxed{" + "{" * size, "answer lines": "Answer: x " * (size // 10)}
-        cost = {name: statistics.median(timed(lambda: extract_answer(t)) for _ in range(args.runs))
+        cost = {name: statistics.median(timed(lambda t=t: extract_answer(t)) for _ in range(args.runs))
                 for name, t in texts.items()}
         print(f"extract {size // 1000} kB: " + ", ".join(f"{name} {s * 1000:.1f} ms" for name, s in cost.items()))
 

@@ -27,7 +27,12 @@ from sympy import Basic, Float, Integer, Number, Pow, Rational
 from sympy.concrete.products import Product
 from sympy.concrete.summations import Sum
 from sympy.core.function import Derivative
-from sympy.functions.combinatorial.factorials import binomial, factorial, factorial2, subfactorial
+from sympy.functions.combinatorial.factorials import (
+    binomial,
+    factorial,
+    factorial2,
+    subfactorial,
+)
 from sympy.functions.elementary.exponential import exp
 from sympy.functions.special.gamma_functions import gamma
 from sympy.integrals.integrals import Integral

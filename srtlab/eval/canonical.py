@@ -23,7 +23,12 @@ from typing import Any
 
 from math_verify import parse, verify
 
-from srtlab.eval.bounds import ScoreTimeout, expression_problem, latex_problem, time_limit
+from srtlab.eval.bounds import (
+    ScoreTimeout,
+    expression_problem,
+    latex_problem,
+    time_limit,
+)
 
 ANSWER_KINDS: tuple[str, ...] = ("text", "math")
 

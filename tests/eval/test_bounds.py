@@ -6,7 +6,12 @@ import time
 import pytest
 from math_verify import parse
 
-from srtlab.eval.bounds import ScoreTimeout, expression_problem, latex_problem, time_limit
+from srtlab.eval.bounds import (
+    ScoreTimeout,
+    expression_problem,
+    latex_problem,
+    time_limit,
+)
 
 
 def _parsed(latex: str) -> object:
@@ -88,5 +93,5 @@ def test_time_limit_is_not_swallowed_by_except_exception() -> None:
         while time.perf_counter() < end:
             try:
                 _spin(0.01)
-            except Exception:  # what library code does; ScoreTimeout is a BaseException
+            except Exception:  # noqa: BLE001, S110 - what library code does; ScoreTimeout is a BaseException
                 pass
