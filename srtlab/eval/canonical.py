@@ -1,21 +1,34 @@
 """Canonical forms of answers, so that equal answers vote together and match their gold answer.
 
-Two kinds (``Prompt.answer_kind``): ``"math"`` answers are compared with math-verify (so ``1/2``, ``0.5``
-and ``\\frac{1}{2}`` are equal), ``"text"`` answers by string normalisation (:func:`normalize_text`).
+Two kinds (``Prompt.answer_kind``): ``"math"`` answers are compared with math-verify (so ``1/2``, ``0.5``,
+``\\frac{1}{2}``, ``\\dfrac{1}{2}``, ``\\left( 1,2 \\right)`` and ``(1,2)`` are equal), ``"text"`` answers by
+string normalisation (:func:`normalize_text`).
 
-math-verify bounds its parsing and comparison time with ``SIGALRM``, which only works in the main thread
-of a process: run the ``"math"`` functions here in the main thread or in worker processes, never in threads.
+Scoring model text has a bounded cost, in any thread (see :mod:`srtlab.eval.bounds`): a math answer is
+refused before parsing when it is too long or nested too deep, and before comparing when it would make
+sympy build huge numbers; parsing and comparing one answer run under ``ScoreBudget.answer_s`` and one
+group under ``ScoreBudget.group_s``. A refused or timed-out answer counts as no answer and is counted in
+:class:`ScoreStats`. math-verify's own ``SIGALRM`` timeouts are switched off (they work only in the main
+thread, and cannot interrupt the C big-integer arithmetic that the pre-checks keep out).
 """
 
 from __future__ import annotations
 
+import logging
 import re
-import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from math_verify import parse, verify
+
+from srtlab.eval.bounds import (
+    ScoreTimeout,
+    expression_problem,
+    latex_problem,
+    time_limit,
+)
 
 ANSWER_KINDS: tuple[str, ...] = ("text", "math")
 
@@ -45,6 +58,41 @@ def normalize_text(answer: str) -> str:
     return text
 
 
+@dataclass
+class ScoreStats:
+    """Counters of bounded-cost scoring, accumulated over calls (pass one per step and log it).
+
+    ``dropped`` (refused + timed out) are answers treated as no answer: log it as
+    ``train/score_timeouts``.
+    """
+
+    refused: int = 0  # a pre-check refused the answer (too long, too deep, too large numbers)
+    timeouts: int = 0  # parsing or comparing the answer ran past ScoreBudget.answer_s
+    text_only: int = 0  # the group's budget was spent: compared by normalised text only (still an answer)
+
+    @property
+    def dropped(self) -> int:
+        """Answers treated as no answer because scoring them would cost too much."""
+        return self.refused + self.timeouts
+
+
+@dataclass(frozen=True)
+class ScoreBudget:
+    """Wall-clock budgets (seconds) for math scoring: one answer's parse and comparisons, one group."""
+
+    answer_s: float = 1.0
+    group_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for key in ("answer_s", "group_s"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and value > 0):
+                raise ValueError(f"ScoreBudget.{key}={value!r}: expected a number of seconds > 0")
+
+
+DEFAULT_BUDGET = ScoreBudget()
+
+
 @dataclass(frozen=True)
 class ParsedAnswer:
     """An answer with its comparison keys computed once (parsing is the slow part of comparing)."""
@@ -52,71 +100,168 @@ class ParsedAnswer:
     text: str  # the answer as given
     key: str  # normalize_text(text)
     math: tuple[Any, ...]  # math-verify's parse of the answer; empty for "text" or when parsing failed
+    dropped: bool = False  # refused or timed out: equal to nothing but its own exact text
 
 
-def parse_answer(answer: str, kind: str) -> ParsedAnswer:
-    """Precompute what :func:`parsed_equivalent` needs; ``kind`` is ``"text"`` or ``"math"``."""
+def parse_answer(
+    answer: str, kind: str, *, stats: ScoreStats | None = None, budget: ScoreBudget = DEFAULT_BUDGET
+) -> ParsedAnswer:
+    """Precompute what :func:`parsed_equivalent` needs; ``kind`` is ``"text"`` or ``"math"``.
+
+    A math answer that a pre-check refuses, or whose parse runs past ``budget.answer_s``, comes back
+    with ``dropped=True`` and is counted in ``stats``. Safe in any thread.
+    """
     _check_kind(kind)
-    math: tuple[Any, ...] = ()
-    if kind == "math":
-        if threading.current_thread() is not threading.main_thread():
-            raise RuntimeError("math-verify uses SIGALRM: compare math answers in the main thread, not a thread")
-        # Wrapped in $...$ so that bare answers such as "1/2" or "\frac{1}{2}" parse as LaTeX.
-        math = tuple(parse("$" + answer + "$"))
-    return ParsedAnswer(text=answer, key=normalize_text(answer), math=math)
+    if kind == "text":
+        return ParsedAnswer(text=answer, key=normalize_text(answer), math=())
+    try:
+        with time_limit(budget.answer_s):
+            return _parse_math(answer, stats)
+    except ScoreTimeout:
+        return _timed_out(answer, stats)
 
 
-def parsed_equivalent(a: ParsedAnswer, b: ParsedAnswer) -> bool:
+def parsed_equivalent(
+    a: ParsedAnswer, b: ParsedAnswer, *, stats: ScoreStats | None = None, budget: ScoreBudget = DEFAULT_BUDGET
+) -> bool:
     """Whether two parsed answers are equal: math-verify when both parsed, else normalised text equality.
 
-    ``a`` plays the role of math-verify's gold answer (its comparison is not fully symmetric).
+    ``a`` plays the role of math-verify's gold answer (its comparison is not fully symmetric). A
+    dropped answer equals only its own exact text; a comparison past ``budget.answer_s`` is False and
+    counted in ``stats.timeouts``. Safe in any thread.
     """
-    if a.text.strip() == b.text.strip():
-        return True
-    if a.math and b.math:
-        return bool(verify(list(a.math), list(b.math)))
-    return a.key == b.key
+    if not (a.math and b.math):
+        return _same(a, b)  # text only: no time limit needed
+    try:
+        with time_limit(budget.answer_s):
+            return _same(a, b)
+    except ScoreTimeout:
+        _count(stats, "timeouts")
+        return False
 
 
-def answers_equivalent(a: str, b: str, kind: str) -> bool:
+def answers_equivalent(a: str, b: str, kind: str, *, stats: ScoreStats | None = None) -> bool:
     """Whether ``a`` and ``b`` are the same answer; ``kind`` is ``"text"`` or ``"math"``.
 
     ``"math"`` uses math-verify (``a`` as its gold side), falling back to text equality when either
-    side does not parse. Must run in the main thread (math-verify's timeouts use SIGALRM).
+    side does not parse; bounded as :func:`parse_answer` and :func:`parsed_equivalent` are.
     """
-    return parsed_equivalent(parse_answer(a, kind), parse_answer(b, kind))
+    return parsed_equivalent(parse_answer(a, kind, stats=stats), parse_answer(b, kind, stats=stats), stats=stats)
 
 
-def cluster_answers(answers: list[str | None], kind: str) -> list[int | None]:
+def cluster_answers(
+    answers: list[str | None],
+    kind: str,
+    *,
+    stats: ScoreStats | None = None,
+    budget: ScoreBudget = DEFAULT_BUDGET,
+) -> list[int | None]:
     """Cluster ids of ``answers`` in order of first appearance (the first distinct answer gets 0).
 
-    None answers get None. ``"text"`` groups by :func:`normalize_text` (O(G)); ``"math"`` compares each
-    answer greedily with the first member of every existing cluster, parsing each answer once.
-    Must run in the main thread for ``"math"`` (math-verify's timeouts use SIGALRM).
+    None answers get None. ``"text"`` groups by :func:`normalize_text` (O(G)). ``"math"`` parses each
+    distinct answer once and compares it with the first member of every existing cluster (math-verify,
+    the representative as gold side). Each answer's parse and comparisons run under
+    ``budget.answer_s``; an answer refused by a pre-check or past that budget gets None (no answer).
+    Once the group has spent ``budget.group_s``, the remaining answers are compared by normalised text
+    only. ``stats``, when given, accumulates the counts. Safe in any thread.
     """
     _check_kind(kind)
-    ids: list[int | None] = []
     if kind == "text":
         keys: dict[str, int] = {}
-        for answer in answers:
-            ids.append(None if answer is None else keys.setdefault(normalize_text(answer), len(keys)))
-        return ids
+        return [None if a is None else keys.setdefault(normalize_text(a), len(keys)) for a in answers]
+    deadline = time.perf_counter() + budget.group_s
     representatives: list[ParsedAnswer] = []
+    seen: dict[str, int | None] = {}  # stripped text -> its cluster (None: dropped); repeats cost nothing
+    ids: list[int | None] = []
     for answer in answers:
         if answer is None:
             ids.append(None)
             continue
-        parsed = parse_answer(answer, kind)
-        for cluster, representative in enumerate(representatives):
-            if parsed_equivalent(representative, parsed):
-                ids.append(cluster)
-                break
-        else:
-            ids.append(len(representatives))
-            representatives.append(parsed)
+        text = answer.strip()
+        if text not in seen:
+            seen[text] = _place(answer, representatives, deadline, stats, budget)
+        ids.append(seen[text])
     return ids
+
+
+def _place(
+    answer: str, representatives: list[ParsedAnswer], deadline: float, stats: ScoreStats | None,
+    budget: ScoreBudget,
+) -> int | None:
+    """The cluster of a new distinct math answer (appending a representative when it starts one)."""
+    left = deadline - time.perf_counter()
+    if left <= 0:
+        _count(stats, "text_only")
+        parsed = ParsedAnswer(text=answer, key=normalize_text(answer), math=())
+        cluster = next((i for i, r in enumerate(representatives) if r.key == parsed.key), None)
+    else:
+        try:
+            with time_limit(min(budget.answer_s, left)):
+                parsed = _parse_math(answer, stats)
+                if parsed.dropped:
+                    return None
+                cluster = next((i for i, r in enumerate(representatives) if _same(r, parsed)), None)
+        except ScoreTimeout:
+            _timed_out(answer, stats)
+            return None
+    if cluster is None:
+        representatives.append(parsed)
+        cluster = len(representatives) - 1
+    return cluster
+
+
+def _same(a: ParsedAnswer, b: ParsedAnswer) -> bool:
+    """:func:`parsed_equivalent` without a time limit of its own (the caller holds one)."""
+    if a.text.strip() == b.text.strip():
+        return True
+    if a.dropped or b.dropped:
+        return False
+    if a.math and b.math:
+        return _math_equal(a, b)
+    return a.key == b.key
+
+
+def _parse_math(answer: str, stats: ScoreStats | None) -> ParsedAnswer:
+    """Pre-check, parse (no time limit of its own) and pre-check the parse; dropped when refused."""
+    key = normalize_text(answer)
+    if latex_problem(answer) is not None:
+        _count(stats, "refused")
+        return ParsedAnswer(text=answer, key=key, math=(), dropped=True)
+    # Wrapped in $...$ so that bare answers such as "1/2" or "\frac{1}{2}" parse as LaTeX.
+    math = tuple(parse("$" + answer + "$", parsing_timeout=None))
+    if any(expression_problem(item) is not None for item in math):
+        _count(stats, "refused")
+        return ParsedAnswer(text=answer, key=key, math=(), dropped=True)
+    return ParsedAnswer(text=answer, key=key, math=math)
+
+
+def _math_equal(gold: ParsedAnswer, target: ParsedAnswer) -> bool:
+    """math-verify on two pre-checked parses, with its SIGALRM timeout off (the caller bounds the time)."""
+    return bool(verify(list(gold.math), list(target.math), timeout_seconds=None))
+
+
+def _timed_out(answer: str, stats: ScoreStats | None) -> ParsedAnswer:
+    """The dropped form of an answer whose scoring ran out of time, counted."""
+    _count(stats, "timeouts")
+    return ParsedAnswer(text=answer, key=normalize_text(answer), math=(), dropped=True)
+
+
+def _count(stats: ScoreStats | None, field: str) -> None:
+    if stats is not None:
+        setattr(stats, field, getattr(stats, field) + 1)
 
 
 def _check_kind(kind: str) -> None:
     if kind not in ANSWER_KINDS:
         raise ValueError(f"unknown answer kind {kind!r}; accepted kinds: {', '.join(ANSWER_KINDS)}")
+
+
+class _NoTimeoutWarning(logging.Filter):
+    """Drops math-verify's one-time "Timeout is disabled" warning: the time limit here replaces it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_NoTimeoutWarning())

@@ -53,3 +53,27 @@ def test_unknown_style_names_it_and_the_accepted_ones() -> None:
     with pytest.raises(ValueError, match="'last_line'.*auto, boxed, answer_tag, answer_line"):
         extract_answer("Answer: 1", "last_line")
     assert ANSWER_STYLES == ("auto", "boxed", "answer_tag", "answer_line")
+
+
+def test_large_inputs_are_read_correctly() -> None:
+    # correctness on 1 MB texts (their cost is measured in experiments/bench_vote.py, not here)
+    filler = "reasoning step {x}. " * 50_000
+    assert extract_answer(filler + r"so \boxed{\frac{1}{\sqrt{2}}}" + filler) == r"\frac{1}{\sqrt{2}}"
+    assert extract_answer("<answer>" * 100_000 + "7</answer>") == "7"
+    assert extract_answer("<answer>1</answer> stray </answer>") == "1"
+    assert extract_answer("answer: x " * 100_000) == "x"
+    assert extract_answer(r"\boxed{" + "$" * 1_000_000 + "}") is None  # too long: no answer
+
+
+def test_overlong_answers_are_no_answer() -> None:
+    assert extract_answer(r"\boxed{" + "1" * 512 + "}") == "1" * 512
+    assert extract_answer(r"\boxed{" + "1" * 513 + "}") is None
+    assert extract_answer(r"\boxed{" + "1" * 513 + "} Answer: 2") == "2"  # auto moves on to the next style
+    assert extract_answer("<answer>" + "a" * 600 + "</answer>", "answer_tag") is None
+    assert extract_answer("Answer: " + "a" * 600, "answer_line") is None
+    assert extract_answer("Answer: " + "a" * 600, "answer_line", max_chars=1000) == "a" * 600
+
+
+def test_cleaning_many_layers() -> None:
+    assert extract_answer(r"\boxed{" + "**$" * 50 + "5" + "$**" * 50 + "}") == "5"
+    assert extract_answer("Answer: " + "'" * 200) is None
