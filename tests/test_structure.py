@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "srtlab"
 # primitives of eval/ (extraction, canonical forms, votes, gold verdicts, metrics) and the shared types
 # sit below every stage; evaluation, the curriculum, the guard and the tasks sit on top and are imported
 # by no stage.
-BASE = {"types", "seeds", "assets", "models", "eval.extract", "eval.canonical", "eval.metrics", "eval.votes",
+BASE = {"types", "seeds", "assets", "models", "eval.extract", "eval.bounds", "eval.canonical", "eval.metrics", "eval.votes",
         "eval.gold"}
 STAGES = ["data", "rollout", "rewards", "algorithms", "modules"]
 PLACED = {"eval.heldout": "rollout"}  # scores engine samples by gold: the policy's validation loop uses it

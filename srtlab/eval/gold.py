@@ -14,7 +14,7 @@ from typing import Any
 import reasoning_gym
 import torch
 
-from srtlab.eval.canonical import answers_equivalent, normalize_text, parse_answer, parsed_equivalent
+from srtlab.eval.canonical import ScoreStats, answers_equivalent, normalize_text, parse_answer, parsed_equivalent
 from srtlab.types import Prompt, RolloutBatch
 
 Scorer = Callable[[str | None, dict[str, Any]], float]  # reasoning-gym's score_answer(answer, entry)
@@ -28,7 +28,7 @@ def has_gold(prompt: Prompt) -> bool:
 def is_correct(answer: str | None, prompt: Prompt, scorer: Scorer | None = None) -> bool:
     """Whether ``answer`` is right for ``prompt``; False for no answer or no gold answer.
 
-    ``"math"`` prompts: math-verify against the gold answer (main thread only: it uses SIGALRM).
+    ``"math"`` prompts: math-verify against the gold answer, at a bounded cost (``srtlab.eval.bounds``; any thread).
     ``"text"`` prompts with a reasoning-gym item in ``metadata["entry"]``: the task's own scorer
     (``scorer``, or a fresh ``get_score_answer_fn(prompt.task)``) must give 1.0 to the raw answer or to
     its :func:`normalize_text` form. Other ``"text"`` prompts: normalised text equality.
@@ -52,22 +52,24 @@ class GoldScorer:
     def __init__(self) -> None:
         self._scorers: dict[str, Scorer] = {}  # task name -> reasoning-gym scorer (building one is slow)
 
-    def verdicts(self, rollouts: RolloutBatch) -> torch.Tensor:
-        """[B*G] 1.0 correct, 0.0 wrong or unreadable, NaN where the prompt has no gold answer."""
+    def verdicts(self, rollouts: RolloutBatch, stats: ScoreStats | None = None) -> torch.Tensor:
+        """[B*G] 1.0 correct, 0.0 wrong or unreadable, NaN where the prompt has no gold answer; math answers
+        refused or timed out by the bounded comparison are wrong and counted in ``stats``."""
         rewards: list[float] = []
         for prompt, group in zip(rollouts.prompts, rollouts.groups()):
             answers = [rollouts.answers[i] for i in group]
             if not has_gold(prompt):
                 rewards.extend([math.nan] * len(answers))
             else:
-                rewards.extend(float(ok) for ok in self._group_correct(answers, prompt))
+                rewards.extend(float(ok) for ok in self._group_correct(answers, prompt, stats))
         return torch.tensor(rewards, dtype=torch.float32)
 
-    def _group_correct(self, answers: list[str | None], prompt: Prompt) -> list[bool]:
+    def _group_correct(self, answers: list[str | None], prompt: Prompt, stats: ScoreStats | None) -> list[bool]:
         """:func:`is_correct` for one group, parsing a math gold answer once rather than G times."""
         if prompt.answer_kind == "math":
             gold = parse_answer(str(prompt.answer), "math")
-            return [a is not None and parsed_equivalent(gold, parse_answer(a, "math")) for a in answers]
+            return [a is not None and parsed_equivalent(gold, parse_answer(a, "math", stats=stats), stats=stats)
+                    for a in answers]
         scorer = self._scorer(prompt.task) if prompt.metadata.get("entry") is not None else None
         return [is_correct(a, prompt, scorer) for a in answers]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from srtlab.eval.canonical import cluster_answers
+from srtlab.eval.canonical import ScoreStats, cluster_answers
 from srtlab.eval.metrics import majority_vote
 from srtlab.types import RolloutBatch
 
@@ -21,11 +21,15 @@ class GroupVote:
     answer: str | None  # that member's answer: the group's self-label
 
 
-def vote_groups(rollouts: RolloutBatch) -> list[GroupVote]:
-    """Cluster every group's answers by its prompt's ``answer_kind`` and take the majority (B entries)."""
+def vote_groups(rollouts: RolloutBatch, stats: ScoreStats | None = None) -> list[GroupVote]:
+    """Cluster every group's answers by its prompt's ``answer_kind`` and take the majority (B entries).
+
+    Each group's clustering has a bounded cost (``srtlab.eval.canonical``); answers refused or timed out
+    count as no answer and are counted in ``stats``.
+    """
     votes = []
     for prompt, group in zip(rollouts.prompts, rollouts.groups()):
-        ids = cluster_answers([rollouts.answers[i] for i in group], prompt.answer_kind)
+        ids = cluster_answers([rollouts.answers[i] for i in group], prompt.answer_kind, stats=stats)
         majority, share = majority_vote(ids)
         representative = None if majority is None else group[ids.index(majority)]
         answer = None if representative is None else rollouts.answers[representative]

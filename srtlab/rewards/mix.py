@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import torch
 
+from srtlab.eval.canonical import ScoreStats
 from srtlab.eval.metrics import answer_concentration
 from srtlab.eval.votes import GroupVote, vote_groups
 from srtlab.rewards.base import RewardContext, RewardSource, RunContext
@@ -51,7 +52,8 @@ class RewardMix:
     def __call__(self, rollouts: RolloutBatch, run: RunContext | None = None) -> RewardOutput:
         run = run or RunContext()
         # 1. what every source shares, computed once: the votes and the gold verdicts
-        ctx = RewardContext(votes=vote_groups(rollouts), gold=self.gold.verdicts(rollouts), step=run.step,
+        scoring = ScoreStats()  # answers the bounded comparison refused or timed out: counted, not waited for
+        ctx = RewardContext(votes=vote_groups(rollouts, scoring), gold=self.gold.verdicts(rollouts, scoring), step=run.step,
                             seed=run.seed, stage=run.stage, logits=run.logits, engine=run.engine,
                             micro_batch_prompts=run.micro_batch_prompts)
         # 2. every source, and the gold monitor when it is not a source
@@ -65,6 +67,7 @@ class RewardMix:
         if len(mixed):
             metrics["reward/mixed"] = mixed.mean().item()
         metrics.update(monitor_metrics(rollouts, ctx.votes, ctx.gold))
+        metrics.update({"score_timeouts": float(scoring.dropped), "score_text_only": float(scoring.text_only)})
         return RewardOutput(rewards=mixed, metrics=metrics,
                             by_source={name: out.rewards for name, out in outputs.items()},
                             by_level=level_statistics(rollouts, ctx.votes, ctx.gold))

@@ -69,6 +69,8 @@ def test_mix_rewards_and_metrics_by_hand() -> None:
             "answer_rate": 7 / 12,
             "answer_concentration": 2 / 12,  # "3" and "2" twice each, across prompts; no answer counts below
             "gt_accuracy": 4 / 8,
+            "score_timeouts": 0.0,
+            "score_text_only": 0.0,
             "label_accuracy": 1 / 2,  # group 0's "3" is right, group 1's "0.5" wrong, group 2 has no gold
             "vote/majority_share": 1 / 3,
             "vote/abstain_rate": 1 / 3,
@@ -108,13 +110,13 @@ def test_votes_and_gold_are_computed_once_per_call(monkeypatch) -> None:
     calls = {"votes": 0, "gold": 0}
     real_votes, real_gold = mix_module.vote_groups, GroundTruth.verdicts
 
-    def counting_votes(rollouts):
+    def counting_votes(rollouts, stats=None):
         calls["votes"] += 1
-        return real_votes(rollouts)
+        return real_votes(rollouts, stats)
 
-    def counting_gold(self, rollouts):
+    def counting_gold(self, rollouts, stats=None):
         calls["gold"] += 1
-        return real_gold(self, rollouts)
+        return real_gold(self, rollouts, stats)
 
     monkeypatch.setattr(mix_module, "vote_groups", counting_votes)
     monkeypatch.setattr(GroundTruth, "verdicts", counting_gold)
@@ -162,3 +164,11 @@ def test_some_weight_must_be_non_zero() -> None:
 def test_wrong_reward_shape_names_the_source() -> None:
     with pytest.raises(ValueError, match="'judge'"):
         RewardMix({"judge": Fixed([1.0, 0.0])}, {"judge": 1.0})(small_batch())
+
+
+def test_adversarial_answers_are_counted_not_waited_for() -> None:
+    prompt = Prompt(id="m", messages=[], task="m", answer_kind="math", answer="2")
+    bad = ["2^{2^{2^{30}}}", "10^{10^{10^{10}}}", "9!!!!!!!!!!!!", "\\frac{" * 5000]
+    out = RewardMix({"vote": MajorityVote()}, {"vote": 1.0})(make_batch([prompt], bad + ["2", "2", "4", "1/2"]))
+    assert out.metrics["score_timeouts"] >= 4  # refused before any comparison, counted (vote and gold)
+    assert out.metrics["gt_accuracy"] == pytest.approx(2 / 8)  # the two readable "2"s
