@@ -152,6 +152,19 @@ def _select(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
+def _interpolated(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` (or a node above it) takes its value from another key (``data.seed: ${seed}``,
+    ``rollout.val_sampling: ${rollout.sampling}``): that key is checked itself, and named once."""
+    parts = key.split(".")
+    for i in range(len(parts)):
+        parent = OmegaConf.select(cfg, ".".join(parts[:i])) if i else cfg
+        if not isinstance(parent, DictConfig) or parts[i] not in parent:
+            return False
+        if OmegaConf.is_interpolation(parent, parts[i]):
+            return True
+    return False
+
+
 def bad(key: str, value: Any, accepted: str) -> str:
     """The one-line message for a bad value."""
     return f"{key}={value!r}; accepted: {accepted}"
@@ -162,8 +175,6 @@ def check_table(cfg: DictConfig) -> list[str]:
     rules = dict(_rules())
     for name in (cfg.get("callbacks") or {}):  # the curriculum's advance rule reads shares in [0, 1]
         rules[f"callbacks.{name}.advance.threshold"] = real(0, 1)
-    if OmegaConf.select(cfg, "rollout") is not None and OmegaConf.is_interpolation(cfg.rollout, "val_sampling"):
-        rules = {k: v for k, v in rules.items() if not k.startswith("rollout.val_sampling.")}  # checked once
     if "HFEngine" in str(OmegaConf.select(cfg, "rollout.engine._target_", default="")):
         from srtlab.models.load import DTYPES
 
@@ -171,7 +182,7 @@ def check_table(cfg: DictConfig) -> list[str]:
     errors = []
     for key, (ok, accepted) in rules.items():
         value = _select(cfg, key)
-        if value is not _ABSENT and not ok(value):
+        if value is not _ABSENT and not ok(value) and not _interpolated(cfg, key):
             errors.append(bad(key, value, accepted))
     return errors
 
