@@ -140,7 +140,7 @@ def _rules() -> dict[str, Check]:
         # trainer
         "trainer.max_steps": integer(1), "trainer.val_check_interval": integer(1, null=True),
         "trainer.precision": choice(typing.get_args(_PRECISION_INPUT_STR)), "trainer.log_every_n_steps": integer(1),
-        "trainer.num_sanity_val_steps": integer(0), "trainer.enable_progress_bar": boolean(),
+        "trainer.num_sanity_val_steps": integer(-1), "trainer.enable_progress_bar": boolean(),
         # label
         "label.out": text(), "label.k": integer(1), "label.min_share": real(0, 1), "label.size": integer(1, null=True),
         "label.prompts_per_call": integer(1),
