@@ -215,8 +215,9 @@ def check_task_config(task: str, config: dict[str, Any]) -> list[str]:
     except (AssertionError, TypeError, ValueError) as err:
         named = [f for f in config if re.search(rf"\b{re.escape(f)}\b", str(err))] or sorted(config)
         values = ", ".join(f"data.task_config.{f}={config[f]!r}" for f in named)
-        return [f"{values or 'data.task_config={}'}; accepted: what reasoning-gym {config_cls.__name__} "
-                f"allows ({str(err) or type(err).__name__})"]
+        reason = str(err) or type(err).__name__
+        accepted = f"what reasoning-gym {config_cls.__name__} allows ({reason})"
+        return [f"{values or 'data.task_config={}'}; accepted: {accepted}"]
     return []
 
 

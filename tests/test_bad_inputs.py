@@ -199,10 +199,9 @@ def test_label_writes_its_output_only_through_a_partial_file(tmp_path):
 
     out = tmp_path / "labels.jsonl"
     out.write_text("previous labels\n")
-    with pytest.raises(RuntimeError):
-        with open_beside(out) as f:
-            f.write("half")
-            raise RuntimeError("sampling failed")
+    with pytest.raises(RuntimeError), open_beside(out) as f:
+        f.write("half")
+        raise RuntimeError("sampling failed")
     assert out.read_text() == "previous labels\n" and list(tmp_path.iterdir()) == [out]
     with open_beside(out) as f:
         f.write("new labels\n")
@@ -256,7 +255,7 @@ def _srtlab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     env.pop("SRTLAB_COMMAND", None)
     return subprocess.run([sys.executable, "-m", "srtlab", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
+                          env=env, timeout=300, check=False)
 
 
 def test_subprocess_exit_status_2_for_run_and_multirun(tmp_path):

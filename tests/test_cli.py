@@ -12,7 +12,7 @@ def _run(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout, not whichever srtlab is installed
     env.pop("SRTLAB_COMMAND", None)
     return subprocess.run([sys.executable, "-m", "srtlab", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300, env=env)
+                          timeout=300, env=env, check=False)
 
 
 def test_config_error_is_one_clear_line_and_nothing_loads(tmp_path):

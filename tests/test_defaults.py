@@ -13,11 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
-
 from conftest import PARITY_REWARD, TINY_OVERRIDES, compose_config
+
 from srtlab.plot import read_metrics
 from srtlab.train import evaluate, fit
 
@@ -105,7 +106,7 @@ def test_killed_run_resumes_exactly_under_defaults(tiny_model_dir, tmp_path):
 class WeightsAtValidation(L.Callback):
     """Records the policy's weights when evaluation starts (after Lightning has loaded ``ckpt_path``)."""
 
-    seen: list[dict[str, torch.Tensor]] = []
+    seen: ClassVar[list[dict[str, torch.Tensor]]] = []
 
     def on_validation_start(self, trainer, pl_module) -> None:
         WeightsAtValidation.seen.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
