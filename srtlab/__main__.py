@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 USAGE = """usage: python -m srtlab COMMAND [overrides]
 
@@ -20,12 +21,21 @@ commands:
 """
 
 
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # hydra.main's config_path below
+
+
 def _hydra_task(config_name: str, task):
     import hydra
 
     from srtlab.train import register_resolvers
+    from srtlab.validate import CONFIG_ERROR_EXIT, check_command_line
 
     register_resolvers()
+    # Check before hydra.main: Hydra creates the run folder (.hydra/, the log) before the task runs.
+    error = check_command_line(str(CONFIG_DIR), config_name, sys.argv[1:])
+    if error:
+        print("\n".join(f"config error: {line}" for line in error.splitlines()), file=sys.stderr)
+        raise SystemExit(CONFIG_ERROR_EXIT)
 
     @hydra.main(version_base="1.3", config_path="../configs", config_name=config_name)
     def main(cfg) -> None:

@@ -16,10 +16,13 @@ prompts and the sampling, so a teacher run with the same settings trains on exac
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from hydra.utils import instantiate
@@ -50,13 +53,30 @@ class LabelSettings:
             raise ValueError(f"label.size={self.size}; must be >= 1 or null")
 
 
+@contextmanager
+def open_beside(out: Path) -> Iterator[TextIO]:
+    """Open a partial file beside ``out`` for writing now; on success it replaces ``out`` atomically.
+
+    So an unwritable ``out`` fails before the work, and a failed or killed run leaves the previous
+    ``out`` (labels of an earlier run) as it was, with no half-written file in its place.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        with open(partial, "w") as f:
+            yield f
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
 def load_policy(cfg: DictConfig):
     """-> (model, tokenizer): ``model.path``, with the weights of ``ckpt_path`` when given."""
     from srtlab.models.load import load_model, load_tokenizer
 
     model = load_model(cfg.model.path, cfg.model.dtype, instantiate(cfg.model.lora), cfg.model.trust_remote_code)
-    if cfg.get("ckpt_path"):
-        state = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    if cfg.get("ckpt_path"):  # weights_only: a crafted checkpoint cannot run code when unpickled
+        state = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
     return model.eval(), load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
 
@@ -112,23 +132,18 @@ def label(cfg: DictConfig) -> dict[str, Any]:
     """Write the teacher labels file for the training prompts and print how good the labels are."""
     from srtlab.train import _setup
 
+    run_dir = _setup(cfg)  # checks every value, label.out and ckpt_path included
     settings: LabelSettings = instantiate(cfg.label)
-    try:
-        settings.validate()
-    except ValueError as err:
-        raise SystemExit(f"config error: {err}") from None
-    run_dir = _setup(cfg)
     start = time.time()
-    datamodule = instantiate(cfg.data, _convert_="all")
-    datamodule.setup("fit")
-    prompts = list(datamodule.train.prompts)[: settings.size]
-    model, tokenizer = load_policy(cfg)
-    engine = instantiate(cfg.rollout.engine)(model=model, tokenizer=tokenizer)
-    rows = label_rows(engine, prompts, settings, instantiate(cfg.rollout.sampling), cfg.seed)
     out = Path(settings.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        f.writelines(json.dumps(row, default=str) + "\n" for row in rows)
+    with open_beside(out) as partial:  # opened now: a bad path fails before any sampling
+        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule.setup("fit")
+        prompts = list(datamodule.train.prompts)[: settings.size]
+        model, tokenizer = load_policy(cfg)
+        engine = instantiate(cfg.rollout.engine)(model=model, tokenizer=tokenizer)
+        rows = label_rows(engine, prompts, settings, instantiate(cfg.rollout.sampling), cfg.seed)
+        partial.writelines(json.dumps(row, default=str) + "\n" for row in rows)
     summary = {**summarize(rows, settings.min_share), "k": settings.k, "file": str(out),
                "wall_s": round(time.time() - start, 1)}
     (run_dir / "results.json").write_text(json.dumps(summary, indent=2))

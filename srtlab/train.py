@@ -1,7 +1,8 @@
 """The tasks behind the command line: ``fit`` and ``eval``; the config is read here and in ``label``.
 
-``check_config`` validates everything that can be checked without loading a model, so a typo fails
-in a second with a message naming the key. ``build`` instantiates the objects from their ``_target_``s.
+``check_config`` (``srtlab.validate``) checks every value before anything is written or loaded, so a
+typo fails in a second with a message naming the key. ``build`` instantiates the objects from their
+``_target_``s.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from datetime import datetime
@@ -17,12 +19,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from srtlab.models.load import check_model_path
 from srtlab.rollout.rollouts import Rollouts
+from srtlab.validate import CONFIG_ERROR_EXIT, ConfigError, check_config
 
 log = logging.getLogger(__name__)
 
@@ -51,37 +52,6 @@ def run_dir_resolver(base: str, resume: Any, ckpt_path: Any) -> str:
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("srtlab_run_dir"):
         OmegaConf.register_new_resolver("srtlab_run_dir", run_dir_resolver, use_cache=True)
-
-
-# -- validation -------------------------------------------------------------------------------------
-def _instantiate_unwrapped(node: DictConfig) -> Any:
-    """``instantiate``, re-raising the target's own ValueError / FileNotFoundError (Hydra wraps them)."""
-    try:
-        return instantiate(node, _convert_="all")
-    except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
-            raise err.__cause__ from None
-        raise
-
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Fail before any model loads, naming the bad key and what would be accepted."""
-    check_model_path(cfg.model.path)
-    if cfg.rollout.n < 2:
-        raise ValueError(f"rollout.n={cfg.rollout.n}; group advantages (and the vote) need at least 2 "
-                         "samples per prompt")
-    if cfg.rollout.val_n < 1:
-        raise ValueError(f"rollout.val_n={cfg.rollout.val_n}; must be >= 1")
-    # These build cheaply (no model, no data yet) and validate their own arguments.
-    extra = [cfg.rollout.get("program"), *(cfg.get("callbacks") or {}).values()]  # curriculum, R3, ...
-    for node in (cfg.data, cfg.reward, cfg.algorithm, cfg.rollout.sampling, *[n for n in extra if n is not None]):
-        built = _instantiate_unwrapped(node)
-        if hasattr(built, "validate"):
-            built.validate()
-    ckpt = cfg.get("ckpt_path")
-    if ckpt and not Path(ckpt).exists():  # a file, or a folder (FSDP's sharded checkpoint)
-        raise FileNotFoundError(f"ckpt_path={ckpt!r} does not exist")
 
 
 # -- building ---------------------------------------------------------------------------------------
@@ -137,13 +107,19 @@ def _progress_bar() -> L.Callback:
     return StepProgressBar()
 
 
+def check_or_exit(cfg: DictConfig) -> None:
+    """``check_config``; a config mistake prints its one-line messages (not a traceback) and exits with 2."""
+    try:
+        check_config(cfg)
+    except ConfigError as err:
+        print("\n".join(f"config error: {line}" for line in str(err).splitlines()), file=sys.stderr)
+        raise SystemExit(CONFIG_ERROR_EXIT) from None
+
+
 def _setup(cfg: DictConfig) -> Path:
     for pattern in _QUIET:
         warnings.filterwarnings("ignore", message=pattern)
-    try:
-        check_config(cfg)
-    except (ValueError, FileNotFoundError) as err:  # a config mistake: the message, not a traceback
-        raise SystemExit(f"config error: {err}") from None
+    check_or_exit(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

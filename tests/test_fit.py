@@ -106,7 +106,8 @@ def test_killed_run_resumes_and_matches(tiny_cfg, tmp_path, tiny_model_dir):
     cmd = [sys.executable, "-m", "srtlab", "fit", f"model.path={tiny_model_dir}", f"run_dir={killed}",
            *TINY_OVERRIDES, *PARITY_REWARD, *steps]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": os.path.dirname(__file__)})
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(
+                                os.path.abspath(__file__))), os.path.dirname(__file__)])})  # this checkout's code
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:

@@ -25,6 +25,10 @@ def _grouped(rewards: Tensor, group_size: int) -> Tensor:
         rewards = rewards.float()
     if torch.isnan(rewards).any():
         raise ValueError("rewards contain NaN; abstentions must be filled before computing advantages")
+    if torch.isinf(rewards).any():
+        bad = torch.isinf(rewards).nonzero().flatten().tolist()
+        raise ValueError(f"rewards contain inf at completions {bad[:8]}; every reward must be finite "
+                         "(a reward source or weight produced a non-finite value)")
     return rewards.reshape(-1, group_size)  # [B, G]
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+KL_K3_MAX = 10.0  # verl clamps its "low_var_kl" (k3) estimate to [-10, 10]
 
 
 def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
@@ -128,11 +129,13 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """k3 estimator of KL(pi || pi_ref) per token (Schulman 2020, "Approximating KL divergence").
 
     With log r = ref_logprobs - logprobs: k3 = exp(log r) - log r - 1 = expm1(log r) - log r, unbiased
-    and >= 0. log r is clamped to [-20, 20] before exp for stability, and the result clamped at 0 against
+    and >= 0. As verl's ``kl_penalty`` "low_var_kl": log r is clamped to [-20, 20] before exp, and the
+    result to at most ``KL_K3_MAX`` = 10 (a token the policy has made far likelier than the reference
+    cannot dominate the loss; its KL gradient is then 0, as in verl), and at 0 from below against
     rounding. ``ref_logprobs`` is detached. Returns ``[N, T]`` (padding included; mask it when reducing).
     """
     log_r = (ref_logprobs.detach() - logprobs).clamp(-20.0, 20.0)  # [N, T]
-    return (torch.expm1(log_r) - log_r).clamp(min=0.0)  # [N, T]
+    return (torch.expm1(log_r) - log_r).clamp(min=0.0, max=KL_K3_MAX)  # [N, T]
 
 
 def kl_penalty_loss(

@@ -36,6 +36,20 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: list[str] | str = field(default_factory=lambda: "all-linear")
 
+    def validate(self) -> None:
+        """Raise ValueError naming the ``model.lora`` key that peft could not use."""
+        if not self.r >= 0:
+            raise ValueError(f"model.lora.r={self.r}; must be >= 0 (0: full fine-tuning)")
+        if not self.alpha > 0:
+            raise ValueError(f"model.lora.alpha={self.alpha}; must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.lora.dropout={self.dropout}; must be in [0, 1)")
+        if not (isinstance(self.target_modules, str) and self.target_modules) and not (
+                isinstance(self.target_modules, (list, tuple)) and self.target_modules
+                and all(isinstance(m, str) for m in self.target_modules)):
+            raise ValueError(f"model.lora.target_modules={self.target_modules!r}; must be a module name pattern "
+                             "(e.g. all-linear) or a non-empty list of module names")
+
 
 def check_model_path(path: str) -> None:
     """Fail fast (before anything loads) when ``path`` is neither a built-in name nor a model folder."""

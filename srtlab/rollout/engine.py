@@ -17,17 +17,26 @@ class SamplingSettings:
 
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0  # 0: off
+    top_k: int | None = 0  # 0 or None: off
     max_new_tokens: int = 128
     stop: list[str] = field(default_factory=list)  # extra stop strings besides the eos token
 
-    def validate(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"rollout.sampling.temperature={self.temperature}; must be >= 0")
+    def __post_init__(self) -> None:
+        if self.top_k is None:  # both mean "off"; engines take an int
+            self.top_k = 0
+
+    def validate(self, key: str = "rollout.sampling") -> None:
+        """Raise ValueError naming ``key.<field>`` for a value generation cannot use."""
+        if not self.temperature >= 0:
+            raise ValueError(f"{key}.temperature={self.temperature}; must be >= 0")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"rollout.sampling.top_p={self.top_p}; must be in (0, 1]")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"rollout.sampling.max_new_tokens={self.max_new_tokens}; must be >= 1")
+            raise ValueError(f"{key}.top_p={self.top_p}; must be in (0, 1]")
+        if self.top_k is not None and not self.top_k >= 0:
+            raise ValueError(f"{key}.top_k={self.top_k}; must be >= 0 (0 or null: off)")
+        if not self.max_new_tokens >= 1:
+            raise ValueError(f"{key}.max_new_tokens={self.max_new_tokens}; must be >= 1")
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"{key}.stop={self.stop!r}; must be a list of non-empty strings")
 
 
 class RolloutEngine(Protocol):

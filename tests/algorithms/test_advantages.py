@@ -81,6 +81,14 @@ def test_nan_rewards_rejected(name: str) -> None:
         compute_advantages(name, t(1, float("nan")), 2)
 
 
+@pytest.mark.parametrize("name", ["rloo", "grpo", "dr_grpo"])
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_infinite_rewards_rejected(name: str, bad: float) -> None:
+    # without the check: rloo gives inf - inf = NaN advantages for the whole group
+    with pytest.raises(ValueError, match=r"inf at completions \[3\].*finite"):
+        compute_advantages(name, t(1, 0, 1, bad), 2)
+
+
 def test_unknown_estimator_name() -> None:
     with pytest.raises(ValueError, match="ppo_gae") as info:
         compute_advantages("ppo_gae", t(1, 0), 2)

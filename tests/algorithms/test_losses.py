@@ -156,10 +156,21 @@ def test_kl_k3_zero_nonneg_and_clamped() -> None:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(64, 16, generator=g) * 3, torch.randn(64, 16, generator=g) * 3
     assert (kl_k3(a, b) >= 0).all()
-    # log r = -100 clamped to -20: k3 = e^-20 + 20 - 1 = 19.000000002
+    # log r = -100 clamped to -20: k3 = e^-20 + 20 - 1 = 19.000000002, then clamped to 10 as in verl
     out = kl_k3(torch.tensor([[0.0]]), torch.tensor([[-100.0]]))
-    assert out.item() == pytest.approx(19.0, abs=1e-5)
-    assert torch.isfinite(kl_k3(torch.tensor([[-100.0]]), torch.tensor([[0.0]]))).all()
+    assert out.item() == 10.0
+    # log r = +100: e^20 - 20 - 1 would be 4.85e8; clamped to 10, finite
+    assert kl_k3(torch.tensor([[-100.0]]), torch.tensor([[0.0]])).item() == 10.0
+
+
+def test_kl_k3_clamp_boundary_and_gradient() -> None:
+    # log r = -12: k3 = e^-12 + 12 - 1 = 11.000006 > 10 -> 10, gradient 0 (the clamp binds);
+    # log r = -5: k3 = e^-5 + 5 - 1 = 4.0067379 < 10 -> kept, d k3 / d logp = 1 - r = 1 - e^-5 = 0.9932621
+    logp = torch.tensor([[12.0, 5.0]], requires_grad=True)
+    k3 = kl_k3(logp, torch.zeros(1, 2))
+    assert k3[0, 0].item() == 10.0 and k3[0, 1].item() == pytest.approx(4.0067379, abs=1e-6)
+    k3.sum().backward()
+    assert logp.grad[0, 0].item() == 0.0 and logp.grad[0, 1].item() == pytest.approx(0.9932621, abs=1e-6)
 
 
 def test_kl_penalty_loss() -> None:
