@@ -147,3 +147,32 @@ def test_remedies_without_their_hook_fail_before_training():
     with pytest.raises(ValueError, match=r"gold_mix_steps=0; accepted"):
         CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(gold_mix={"vote": 1.0}))
     CollapseGuard("warn", {"m": MajorityCollapse()}, remedy=Remedy(kl_coef=0.1)).setup(_Trainer(), object(), "fit")
+
+
+class _Curriculum(L.Callback):
+    def __init__(self):
+        self.backs = 0
+
+    def step_back(self):
+        self.backs += 1
+
+
+def test_rollback_applies_kl_gold_mix_and_curriculum_remedies(tiny_cfg, tmp_path):
+    """The hooks the remedies call (the module's set_kl_coef / set_reward_weights, a curriculum's step_back)."""
+    cfg = tiny_cfg(*QUIET, "guard=rollback", *FIRE_AT_2, "callbacks.guard.cooldown=10", "trainer.max_steps=4",
+                   "callbacks.guard.remedy.lr_factor=null", "callbacks.guard.remedy.kl_coef=0.05",
+                   "+callbacks.guard.remedy.gold_mix={parity: 0.5, ground_truth: 0.5}",
+                   "callbacks.guard.remedy.gold_mix_steps=1", "callbacks.guard.remedy.curriculum_back=true")
+    module, datamodule, trainer = build(cfg)
+    calls = []
+    module.set_kl_coef = lambda x: calls.append(("kl", x))
+    module.set_reward_weights = lambda w: calls.append(("weights", w)) or {"parity": 1.0}  # returns the old ones
+    curriculum = _Curriculum()
+    trainer.callbacks.append(curriculum)
+    trainer.fit(module, datamodule=datamodule)
+    # at step 2: KL up, gold mixed in for one step, curriculum back; at step 3 the old weights return
+    assert calls == [("kl", 0.05), ("weights", {"parity": 0.5, "ground_truth": 0.5}), ("weights", {"parity": 1.0})]
+    assert curriculum.backs == 1
+    [event] = _events(tmp_path / "run")
+    assert event["remedy"] == {"kl_coef": 0.05, "gold_mix": {"weights": {"parity": 0.5, "ground_truth": 0.5},
+                                                            "until_step": 3}, "curriculum_back": True}
