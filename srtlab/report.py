@@ -124,6 +124,12 @@ def aggregate(series: list[dict[int, float]]) -> tuple[list[int], list[float], l
     return steps, means, errors
 
 
+def csv_row(step: int) -> int:
+    """The metrics.csv row of the step after which an event happened: train rows count steps from 0, and
+    Lightning logs an evaluation after step s at row s - 1 too, so the event after step s sits at s - 1."""
+    return max(0, step - 1)
+
+
 def _matching(runs: list[Run], pattern: str) -> list[str]:
     from fnmatch import fnmatch
 
@@ -132,6 +138,8 @@ def _matching(runs: list[Run], pattern: str) -> list[str]:
 
 def _panel(ax, groups: dict[str, list[Run]], metric: str, colors: dict[str, Any]) -> None:
     """One metric, one line per group (mean over seeds, shaded by the standard error), guard events."""
+    from matplotlib.ticker import MaxNLocator
+
     for label, runs in groups.items():
         series = [run.metrics[metric] for run in runs if metric in run.metrics]
         if not series:
@@ -145,10 +153,11 @@ def _panel(ax, groups: dict[str, list[Run]], metric: str, colors: dict[str, Any]
                             color=colors[label], alpha=0.2, linewidth=0)
         for run in runs:
             for event in run.events:
-                ax.axvline(event["step"], color=colors[label], alpha=0.6, lw=1,
+                ax.axvline(csv_row(event["step"]), color=colors[label], alpha=0.6, lw=1,
                            ls=ACTION_STYLE.get(event.get("action"), ":"))
     ax.set_title(metric, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)
 
@@ -165,7 +174,7 @@ def _figure(groups: dict[str, list[Run]], metrics: list[str], cols: int = 3) -> 
     colors = {label: palette(i % 10) for i, label in enumerate(groups)}
     cols = min(cols, len(metrics))
     rows = math.ceil(len(metrics) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 2.9 * rows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 2.9 * rows + 0.3), squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         _panel(ax, groups, metric, colors)
     for ax in list(axes.flat)[len(metrics):]:
@@ -175,7 +184,7 @@ def _figure(groups: dict[str, list[Run]], metrics: list[str], cols: int = 3) -> 
     handles += [Line2D([], [], color="grey", ls=ACTION_STYLE.get(a, ":")) for a in actions]
     labels += [f"guard: {a}" for a in actions]
     fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.9 * rows + 0.6)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (2.9 * rows + 0.3)))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
@@ -253,7 +262,7 @@ def render(groups: dict[str, list[Run]]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>srtlab report</title>"
              f"<style>{STYLE}</style></head><body><h1>srtlab training report</h1>",
              "<p class='note'>Lines: mean over seeds; shading: ± one standard error (n = seeds). Vertical lines: "
-             "guard events (dotted warn, dashed stop, dash-dot rollback). Steps count optimizer steps.</p>",
+             "guard events (dotted warn, dashed stop, dash-dot rollback), at the metrics row of the step that triggered them. x: the step as in metrics.csv (from 0); the events table counts optimizer steps taken.</p>",
              "<h2>Runs</h2>", runs_table(groups)]
     held = heldout_metrics(runs)
     parts.append("<h2>Held-out accuracy</h2>")

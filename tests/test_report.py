@@ -54,7 +54,7 @@ def make_run(folder: Path, experiment: str, seed: int, lr: float = 2e-6, resumed
     train, val = _curves(experiment, seed)
     rows = sorted(train + val, key=lambda r: r["step"])
     versions = [rows] if not resumed else [[r for r in rows if r["step"] <= 11],
-                                           [{**r, **({"train/entropy": 9.0} if "train/entropy" in r else {})}
+                                           [{**r, **({"train/entropy": 0.123} if "train/entropy" in r else {})}
                                             for r in rows if r["step"] >= 9]]
     for i, version in enumerate(versions):
         out = folder / "logs" / f"version_{i}"
@@ -97,7 +97,7 @@ def test_runs_are_found_grouped_by_experiment_and_merged_across_versions(tmp_pat
     groups = group_runs(runs)
     assert {k: sorted(r.seed for r in v) for k, v in groups.items()} == {"srt": [0, 1], "rlvr": [0, 1]}
     resumed = next(r for r in groups["srt"] if r.seed == 0)
-    assert resumed.metrics["train/entropy"][10] == 9.0 and resumed.metrics["train/entropy"][8] < 1.0
+    assert resumed.metrics["train/entropy"][10] == 0.123 and resumed.metrics["train/entropy"][8] < 1.0
     assert sorted(resumed.metrics["train/entropy"]) == list(range(STEPS))
     # the seeds' mean at one step is what the figure draws
     steps, mean, _ = aggregate([r.metrics["val/letter_counting/mean@8"] for r in groups["rlvr"]])
