@@ -259,11 +259,12 @@ def _image(b64: str, alt: str) -> str:
 
 def render(groups: dict[str, list[Run]]) -> str:
     runs = [r for members in groups.values() for r in members]
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>srtlab report</title>"
-             f"<style>{STYLE}</style></head><body><h1>srtlab training report</h1>",
-             "<p class='note'>Lines: mean over seeds; shading: ± one standard error (n = seeds). Vertical lines: "
-             "guard events (dotted warn, dashed stop, dash-dot rollback), at the metrics row of the step that triggered them. x: the step as in metrics.csv (from 0); the events table counts optimizer steps taken.</p>",
-             "<h2>Runs</h2>", runs_table(groups)]
+    head = ("<!doctype html><html><head><meta charset='utf-8'><title>srtlab report</title>"
+            f"<style>{STYLE}</style></head><body><h1>srtlab training report</h1>")
+    note = ("<p class='note'>Lines: mean over seeds; shading: ± one standard error (n = seeds). Vertical lines: guard "
+            "events (dotted warn, dashed stop, dash-dot rollback), at the metrics row of the step that triggered "
+            "them. x: the step as in metrics.csv (from 0); the events table counts optimizer steps taken.</p>")
+    parts = [head, note, "<h2>Runs</h2>", runs_table(groups)]
     held = heldout_metrics(runs)
     parts.append("<h2>Held-out accuracy</h2>")
     parts.append(_image(_figure(groups, held), "held-out accuracy") if held else "<p>No held-out evaluations.</p>")

@@ -50,7 +50,7 @@ class History:
         return {"series": {k: [list(r) for r in v] for k, v in self.series.items()}, "baseline": dict(self.baseline)}
 
     @classmethod
-    def from_state(cls, state: dict) -> "History":
+    def from_state(cls, state: dict) -> History:
         return cls({k: [(int(s), float(v)) for s, v in rows] for k, rows in state["series"].items()},
                    dict(state["baseline"]))
 

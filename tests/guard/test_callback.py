@@ -131,7 +131,8 @@ def test_bad_guard_settings_fail_in_check_config(tiny_cfg):
 
 
 class _Trainer:
-    callbacks: list = []
+    def __init__(self):
+        self.callbacks = []
 
 
 def test_remedies_without_their_hook_fail_before_training():
