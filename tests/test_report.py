@@ -126,12 +126,18 @@ def test_report_page_is_self_contained_with_figures_tables_and_events(tmp_path):
     assert page.count("<td>warn</td>") == 2 and "top_answer_share" in page  # guard events, one per SRT seed
 
 
-def test_report_command(tmp_path, capsys):
+def test_report_command(tmp_path, capsys, monkeypatch):
     root = make_runs(tmp_path / "outputs")
     main([str(root / "srt"), str(root / "rlvr" / "seed0"), "--out", str(tmp_path / "r.html")])
     assert capsys.readouterr().out.strip() == str(tmp_path / "r.html") and (tmp_path / "r.html").exists()
     with pytest.raises(SystemExit, match=r"report: RUN '.*nowhere' is not a folder"):
         main([str(tmp_path / "nowhere")])
+    from srtlab.__main__ import main as cli
+
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the command line sets both; restore them after
+    monkeypatch.setenv("SRTLAB_COMMAND", "")
+    cli(["report", str(root), "--out", str(tmp_path / "all.html")])  # python -m srtlab report ...
+    assert (tmp_path / "all.html").stat().st_size > 40_000
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match=r"report: RUN '.*empty' holds no run folder"):
         main([str(tmp_path / "empty")])

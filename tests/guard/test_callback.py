@@ -177,3 +177,13 @@ def test_rollback_applies_kl_gold_mix_and_curriculum_remedies(tiny_cfg, tmp_path
     [event] = _events(tmp_path / "run")
     assert event["remedy"] == {"kl_coef": 0.05, "gold_mix": {"weights": {"parity": 0.5, "ground_truth": 0.5},
                                                             "until_step": 3}, "curriculum_back": True}
+
+
+@pytest.mark.parametrize("option", ["off", "warn", "stop", "rollback"])
+def test_guard_options_compose_and_validate(option, tiny_cfg):
+    cfg = tiny_cfg(f"guard={option}", "experiment=curriculum")
+    check_config(cfg)  # builds the guard (its rules and remedy validate) next to the curriculum
+    assert set(cfg.callbacks) == {"guard", "curriculum"}
+    assert (cfg.callbacks.guard is None) == (option == "off")
+    if option != "off":
+        assert cfg.callbacks.guard.action == option and len(cfg.callbacks.guard.rules) == 7
