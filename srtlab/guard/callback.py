@@ -266,8 +266,9 @@ class CollapseGuard(L.Callback):
     # -- the rollback target ----------------------------------------------------------------------
     def _update_best(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
         score = best_score(metrics, self.best_by)
-        if score is not None and (self.best is None or score >= self.best["score"]):
-            self._save_best(trainer, score)
+        better = score is not None and (self.best is None or score >= self.best["score"])
+        if trainer.strategy.broadcast(better, src=0):  # saving is collective: every rank follows rank 0
+            self._save_best(trainer, trainer.strategy.broadcast(score, src=0))
 
     def _save_best(self, trainer: L.Trainer, score: float) -> None:
         path = _guard_dir(trainer) / "best.ckpt"
