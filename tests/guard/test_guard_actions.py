@@ -187,3 +187,17 @@ def test_guard_options_compose_and_validate(option, tiny_cfg):
     assert (cfg.callbacks.guard is None) == (option == "off")
     if option != "off":
         assert cfg.callbacks.guard.action == option and len(cfg.callbacks.guard.rules) == 7
+
+
+def test_the_guard_sees_the_same_signals_wherever_it_is_listed(tiny_cfg, tmp_path):
+    histories = []
+    for place in ("first", "last"):
+        cfg = tiny_cfg(*QUIET, "guard=warn", *FIRE_AT_2, "trainer.max_steps=3", run_dir=tmp_path / place)
+        module, datamodule, trainer = build(cfg)
+        [guard] = [cb for cb in trainer.callbacks if isinstance(cb, CollapseGuard)]
+        trainer.callbacks.remove(guard)
+        trainer.callbacks.insert(0 if place == "first" else len(trainer.callbacks), guard)  # before/after rollouts
+        trainer.fit(module, datamodule=datamodule)
+        histories.append(guard.history.series)
+    first, last = histories
+    assert first == last and len(first["train/majority_share"]) == 3 and "train/reward/mixed" in first
