@@ -18,6 +18,7 @@ commands:
   label     frozen-teacher labels: majority of label.k samples per training prompt (for reward=teacher)
   prepare   fetch and convert the built-in model and data once (fit/eval do it on first use too)
   plot      plot a run's metrics: `python -m srtlab plot RUN_DIR [METRIC ...]`
+  report    one HTML page about runs (seeds aggregated): `python -m srtlab report RUN [RUN ...] [--out FILE]`
 """
 
 
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
         if not rest:
             raise SystemExit("usage: python -m srtlab plot RUN_DIR [METRIC ...]")
         print(plot_run(rest[0], rest[1:] or None))
+    elif command == "report":
+        from srtlab.report import main as report
+
+        report(rest)
     else:
         raise SystemExit(f"unknown command {command!r}\n\n{USAGE}")
 

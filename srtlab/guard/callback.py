@@ -1,0 +1,335 @@
+"""The collapse guard: a Lightning callback that watches label-free signals and warns, stops or rolls back.
+
+After every training step (``on_train_batch_end``) it appends the step's ``train/*`` values from
+``trainer.callback_metrics`` to its history, and after every evaluation (``on_validation_end``) the
+``val/*`` values; both are logged before these hooks by the module and the rollout callback, so the guard
+does not depend on where it is listed among the callbacks. Then it checks its rules (``srtlab.guard.rules``)
+and, when one fires outside the cooldown, acts:
+
+- ``warn``: log a warning;
+- ``stop``: save ``<run>/guard/stop.ckpt`` (resumable), write the reason to ``<run>/guard/stop.json``, and
+  end training cleanly (``trainer.should_stop``);
+- ``rollback``: restore the weights of the best checkpoint so far (see :class:`CollapseGuard` for the
+  criterion), reset the optimizer's moments, apply the :class:`Remedy`, and continue; after
+  ``max_rollbacks`` it stops instead.
+
+Every event goes to ``<run>/guard/events.jsonl`` with the values that triggered it, and to ``guard/*``
+metrics (global rank 0 writes; rank 0's decision is broadcast so all ranks act alike). The history, the
+best checkpoint, the cooldown and the remedies in force are the callback's ``state_dict``, which
+Lightning saves in every checkpoint, so a resumed run guards exactly as the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+
+from srtlab.guard.rules import Finding, Rule
+from srtlab.guard.signals import History
+
+log = logging.getLogger(__name__)
+
+ACTIONS = ("warn", "stop", "rollback")
+BEST_BY = ("top_answer_share", "heldout_mean")
+
+
+@dataclass
+class Remedy:
+    """What a rollback changes before training continues (each None / 0 / False: leave it).
+
+    lr_factor: multiply the learning rate (optimizer param groups and the scheduler's base rates).
+    kl_coef: set the KL coefficient (``pl_module.set_kl_coef``).
+    gold_mix: reward weights for ``gold_mix_steps`` steps (``pl_module.set_reward_weights``), e.g.
+        ``{vote: 0.5, ground_truth: 0.5}``; only where the training prompts have gold answers.
+    curriculum_back: move the curriculum one level back (``step_back()`` on the callback that has it).
+    """
+
+    lr_factor: float | None = 0.5
+    kl_coef: float | None = None
+    gold_mix: dict[str, float] | None = None
+    gold_mix_steps: int = 0
+    curriculum_back: bool = False
+
+    def validate(self) -> None:
+        if self.lr_factor is not None and not 0 < self.lr_factor <= 1:
+            raise ValueError(f"callbacks.guard.remedy.lr_factor={self.lr_factor}; accepted: a number in (0, 1] or null")
+        if self.kl_coef is not None and self.kl_coef < 0:
+            raise ValueError(f"callbacks.guard.remedy.kl_coef={self.kl_coef}; accepted: a number >= 0 or null")
+        if self.gold_mix is not None and self.gold_mix_steps < 1:
+            raise ValueError(f"callbacks.guard.remedy.gold_mix_steps={self.gold_mix_steps}; accepted: an integer >= 1 "
+                             "when callbacks.guard.remedy.gold_mix is set")
+
+
+class CollapseGuard(L.Callback):
+    """Watches the run for collapse and acts (see the module docstring).
+
+    Args:
+        action: ``warn`` | ``stop`` | ``rollback``.
+        rules: name -> rule (``srtlab.guard.rules``); the name prefixes its logged values.
+        baseline_steps: the first N training steps give each signal's baseline (for relative rules).
+        cooldown: steps after an event during which no rule acts (its values are still logged).
+        remedy: what a rollback changes.
+        max_rollbacks: after this many rollbacks the next event stops the run.
+        best_by: the rollback target, chosen among the evaluations of this run: ``top_answer_share``
+            (label-free, default: the lowest held-out top-answer share, the latest on ties) or
+            ``heldout_mean`` (the highest held-out mean@k: uses the held-out gold answers).
+    """
+
+    def __init__(self, action: str, rules: Mapping[str, Rule], baseline_steps: int = 3, cooldown: int = 5,
+                 remedy: Remedy | None = None, max_rollbacks: int = 2, best_by: str = "top_answer_share") -> None:
+        self.action, self.rules, self.baseline_steps, self.cooldown = action, dict(rules), baseline_steps, cooldown
+        self.remedy, self.max_rollbacks, self.best_by = remedy or Remedy(), max_rollbacks, best_by
+        self.validate()
+        self.history = History()
+        self.quiet_until = -1  # no action before this step
+        self.events = 0
+        self.rollbacks = 0
+        self.best: dict[str, Any] | None = None  # {"path", "score", "step"}
+        self.gold_until = -1  # the gold mix is in force until this step
+        self.saved_weights: dict[str, float] | None = None  # reward weights to restore after the gold mix
+        self.kl_coef: float | None = None  # the KL coefficient a rollback set (re-applied on resume)
+
+    def validate(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"callbacks.guard.action={self.action!r}; accepted: {', '.join(ACTIONS)} (or guard=off)")
+        if self.best_by not in BEST_BY:
+            raise ValueError(f"callbacks.guard.best_by={self.best_by!r}; accepted: {', '.join(BEST_BY)}")
+        for name, value, least in (("baseline_steps", self.baseline_steps, 1), ("cooldown", self.cooldown, 0),
+                                   ("max_rollbacks", self.max_rollbacks, 0)):
+            if not isinstance(value, int) or value < least:
+                raise ValueError(f"callbacks.guard.{name}={value!r}; accepted: an integer >= {least}")
+        if not self.rules:
+            raise ValueError("callbacks.guard.rules is empty; name at least one rule (see configs/guard/warn.yaml)")
+        for name, rule in self.rules.items():
+            if not hasattr(rule, "check") or getattr(rule, "when", None) not in ("step", "eval"):
+                raise ValueError(f"callbacks.guard.rules.{name}={rule!r}; accepted: a rule from srtlab.guard.rules")
+            try:
+                rule.validate()
+            except ValueError as err:  # the rule names its field; the key names the rule
+                raise ValueError(f"callbacks.guard.rules.{name}.{err}") from None
+        self.remedy.validate()
+
+    # -- set-up and resume ------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Fail before training if a configured remedy has no hook in this module or these callbacks."""
+        if stage != "fit" or self.action != "rollback":
+            return
+        if self.remedy.kl_coef is not None and not hasattr(pl_module, "set_kl_coef"):
+            raise ValueError(f"callbacks.guard.remedy.kl_coef={self.remedy.kl_coef} needs {type(pl_module).__name__}"
+                             ".set_kl_coef, which it lacks; set callbacks.guard.remedy.kl_coef=null")
+        if self.remedy.gold_mix is not None and not hasattr(pl_module, "set_reward_weights"):
+            raise ValueError(f"callbacks.guard.remedy.gold_mix={self.remedy.gold_mix} needs {type(pl_module).__name__}"
+                             ".set_reward_weights, which it lacks; set callbacks.guard.remedy.gold_mix=null")
+        if self.remedy.curriculum_back and not _step_back_callbacks(trainer):
+            raise ValueError("callbacks.guard.remedy.curriculum_back=true but no callback has step_back() "
+                             "(add a curriculum, e.g. experiment=curriculum, or set it to false)")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.kl_coef is not None:  # remedies in force when the run was saved
+            pl_module.set_kl_coef(self.kl_coef)
+        if self.gold_until > trainer.global_step and self.remedy.gold_mix is not None:
+            pl_module.set_reward_weights(dict(self.remedy.gold_mix))
+        if self.action == "rollback" and self.best is None:  # the starting weights: a target until an evaluation
+            self._save_best(trainer, float("-inf"))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history.state_dict(), "quiet_until": self.quiet_until, "events": self.events,
+                "rollbacks": self.rollbacks, "best": self.best, "gold_until": self.gold_until,
+                "saved_weights": self.saved_weights, "kl_coef": self.kl_coef}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = History.from_state(state["history"])
+        self.quiet_until, self.events, self.rollbacks = state["quiet_until"], state["events"], state["rollbacks"]
+        self.best, self.gold_until, self.saved_weights = state["best"], state["gold_until"], state["saved_weights"]
+        self.kl_coef = state["kl_coef"]
+
+    # -- watching ---------------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        self.history.add(step, _metrics(trainer, "train/"))
+        self.history.freeze_baselines(self.baseline_steps)
+        if 0 <= self.gold_until <= step:
+            self._end_gold_mix(pl_module)
+        values = self._check(trainer, pl_module, "step")
+        pl_module.log_dict(values, on_step=True, batch_size=len(batch) if hasattr(batch, "__len__") else 1)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = _metrics(trainer, "val/")
+        if not metrics:
+            return
+        self.history.add(trainer.global_step, metrics)
+        if self.action == "rollback":
+            self._update_best(trainer, metrics)
+        values = self._check(trainer, pl_module, "eval")
+        if trainer.is_global_zero:  # at the row Lightning gives this evaluation's val/*: one behind during fit
+            fitting = trainer.state.fn == TrainerFn.FITTING
+            row = max(0, trainer.global_step - 1) if fitting else trainer.global_step
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=row)
+
+    def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> dict[str, float]:
+        """Run the rules checked at ``when``; act on the fired ones; -> the values to log."""
+        findings = {name: f for name, rule in self.rules.items() if rule.when == when
+                    for f in [rule.check(self.history)] if f is not None}
+        fired = sorted(name for name, f in findings.items() if f.fired)
+        fired = trainer.strategy.broadcast(fired, src=0)  # every rank acts on rank 0's decision
+        acting = fired and trainer.state.fn == TrainerFn.FITTING and trainer.global_step >= self.quiet_until
+        if acting:
+            self._act(trainer, pl_module, fired, findings)
+        values = {f"guard/{name}/{k}": v for name, f in findings.items() for k, v in f.values.items()}
+        values.update({f"guard/{name}/fired": float(f.fired) for name, f in findings.items()})
+        values.update({"guard/events": float(self.events), "guard/rollbacks": float(self.rollbacks)})
+        return values
+
+    # -- acting -----------------------------------------------------------------------------------
+    def _act(self, trainer: L.Trainer, pl_module: L.LightningModule, fired: list[str],
+             findings: dict[str, Finding]) -> None:
+        step = trainer.global_step
+        action = self.action
+        if action == "rollback" and self.rollbacks >= self.max_rollbacks:
+            action = "stop"  # the remedies did not hold
+        event: dict[str, Any] = {"step": step, "time": time.time(), "action": action, "rules": fired,
+                                 "values": {name: findings[name].values for name in fired}}
+        reason = f"guard: {', '.join(fired)} fired at step {step} {event['values']}"
+        self.events += 1
+        self.quiet_until = step + self.cooldown
+        if action == "warn":
+            log.warning(reason)
+        elif action == "stop":
+            event["checkpoint"] = str(self._stop(trainer, reason, event))
+        else:
+            event.update(self._rollback(trainer, pl_module))
+            log.warning(f"{reason}; rolled back to step {event['restored_step']} with {event['remedy']}")
+        self._write_event(trainer, event)
+
+    def _stop(self, trainer: L.Trainer, reason: str, event: dict[str, Any]) -> Path:
+        folder = _guard_dir(trainer)
+        path = folder / "stop.ckpt"
+        trainer.save_checkpoint(path)  # collective: every rank calls it
+        if trainer.is_global_zero:
+            (folder / "stop.json").write_text(json.dumps({**event, "reason": reason, "checkpoint": str(path)},
+                                                         indent=2))
+        log.warning(f"{reason}; stopping (checkpoint {path})")
+        trainer.should_stop = True
+        return path
+
+    def _rollback(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Best weights back, optimizer moments reset, the remedy applied, the engines re-synced."""
+        assert self.best is not None  # saved at train start
+        state = torch.load(self.best["path"], map_location="cpu", weights_only=True)["state_dict"]
+        pl_module.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
+                                         if k.startswith("model.")})
+        for opt in trainer.optimizers:
+            opt.state.clear()  # Adam's moments point along the path that collapsed
+        remedy = self._apply_remedy(trainer, pl_module)
+        _sync_engines(trainer, pl_module)
+        self.rollbacks += 1
+        self.history.clear_windows()  # the windows describe the weights just abandoned; baselines stay
+        return {"restored_step": self.best["step"], "restored_from": self.best["path"], "remedy": remedy}
+
+    def _apply_remedy(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        r, done = self.remedy, {}
+        if r.lr_factor is not None and r.lr_factor != 1:
+            done["lr"] = scale_learning_rate(trainer, r.lr_factor)
+        if r.kl_coef is not None:
+            pl_module.set_kl_coef(r.kl_coef)
+            self.kl_coef = done["kl_coef"] = r.kl_coef
+        if r.gold_mix is not None:
+            previous = pl_module.set_reward_weights(dict(r.gold_mix))
+            if self.saved_weights is None and isinstance(previous, Mapping):
+                self.saved_weights = dict(previous)
+            self.gold_until = trainer.global_step + r.gold_mix_steps
+            done["gold_mix"] = {"weights": dict(r.gold_mix), "until_step": self.gold_until}
+        if r.curriculum_back:
+            for callback in _step_back_callbacks(trainer):
+                callback.step_back()
+            done["curriculum_back"] = True
+        return done
+
+    def _end_gold_mix(self, pl_module: L.LightningModule) -> None:
+        if self.saved_weights is not None:
+            pl_module.set_reward_weights(dict(self.saved_weights))
+        self.gold_until, self.saved_weights = -1, None
+
+    # -- the rollback target ----------------------------------------------------------------------
+    def _update_best(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:
+        score = best_score(metrics, self.best_by)
+        better = score is not None and (self.best is None or score >= self.best["score"])
+        if trainer.strategy.broadcast(better, src=0):  # saving is collective: every rank follows rank 0
+            self._save_best(trainer, trainer.strategy.broadcast(score, src=0))
+
+    def _save_best(self, trainer: L.Trainer, score: float) -> None:
+        path = _guard_dir(trainer) / "best.ckpt"
+        trainer.save_checkpoint(path, weights_only=True)
+        self.best = {"path": str(path), "score": score, "step": trainer.global_step}
+
+    def _write_event(self, trainer: L.Trainer, event: dict[str, Any]) -> None:
+        if trainer.is_global_zero:
+            with open(_guard_dir(trainer) / "events.jsonl", "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+
+def best_score(metrics: dict[str, float], best_by: str) -> float | None:
+    """Higher is better: minus the worst set's top-answer share, or the mean over sets of mean@k."""
+    if best_by == "top_answer_share":
+        shares = [v for k, v in metrics.items() if k.endswith("/top_answer_share")]
+        return -max(shares) if shares else None
+    means = [v for k, v in metrics.items() if "/mean@" in k]
+    return sum(means) / len(means) if means else None
+
+
+def scale_learning_rate(trainer: L.Trainer, factor: float) -> list[float]:
+    """Multiply every param group's lr and every scheduler's base lrs (LambdaLR recomputes lr from them)."""
+    for config in trainer.lr_scheduler_configs:
+        if hasattr(config.scheduler, "base_lrs"):
+            config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
+    lrs = []
+    for opt in trainer.optimizers:
+        for group in opt.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+            lrs.append(group["lr"])
+    return lrs
+
+
+def _metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    """This step's scalar metrics under ``prefix`` (``train/`` or ``val/``) as floats."""
+    out = {}
+    for name, value in trainer.callback_metrics.items():
+        if name.startswith(prefix) and (not torch.is_tensor(value) or value.numel() == 1):
+            out[name] = float(value)
+    return out
+
+
+def _guard_dir(trainer: L.Trainer) -> Path:
+    folder = Path(trainer.default_root_dir) / "guard"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _step_back_callbacks(trainer: L.Trainer) -> list[L.Callback]:
+    return [cb for cb in trainer.callbacks if callable(getattr(cb, "step_back", None))]
+
+
+def _sync_engines(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    """Send the restored weights to every rollout engine that keeps its own copy of the policy."""
+    from srtlab.rollout.callback import RolloutCallback
+    from srtlab.rollout.sync import policy_weights
+
+    for callback in trainer.callbacks:
+        engine = getattr(callback, "engine", None) if isinstance(callback, RolloutCallback) else None
+        if engine is not None and not getattr(engine, "shares_policy", False):
+            engine.load_weights(policy_weights(pl_module.model))

@@ -1,0 +1,232 @@
+"""Collapse rules: small dataclasses over a :class:`~srtlab.guard.signals.History`.
+
+Each rule reads a few signals and returns a :class:`Finding` (the values it measured and whether it
+fires) or None while it has too little history. ``when`` says if it is checked after every training
+step (``"step"``) or after every evaluation (``"eval"``). The docstring of each says why it indicates
+collapse; docs/guard.md has the same in prose. Thresholds are starting points, not universal constants:
+a task whose gold answers are themselves concentrated needs a higher concentration threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from srtlab.guard.signals import History, relative_change, self_reward_name, slope, window
+
+
+@dataclass
+class Finding:
+    """What a rule measured (logged as ``guard/<rule>/<key>``) and whether it fires."""
+
+    fired: bool
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value}; accepted: a number in [0, 1]")
+
+
+def _check_window(name: str, value: int, least: int = 1) -> None:
+    if not isinstance(value, int) or value < least:
+        raise ValueError(f"{name}={value!r}; accepted: an integer >= {least}")
+
+
+@dataclass
+class MajorityCollapse:
+    """``train/majority_share`` >= ``threshold`` on each of the last ``window`` steps, with entropy falling.
+
+    Why: when nearly every group is unanimous the vote rewards whatever the policy already says and
+    RLOO has no advantage left; if entropy is still falling the policy is sharpening onto its own
+    consensus, right or wrong (the SRT paper's collapse). Entropy must be logged for the window unless
+    ``require_falling_entropy`` is false.
+    """
+
+    threshold: float = 0.95
+    window: int = 5
+    require_falling_entropy: bool = True
+    when = "step"
+
+    def validate(self) -> None:
+        _check_fraction("threshold", self.threshold)
+        _check_window("window", self.window, 2)
+
+    def check(self, h: History) -> Finding | None:
+        shares = window(h.values("train/majority_share"), self.window)
+        if shares is None:
+            return None
+        entropy = window(h.values("train/entropy"), self.window)
+        values = {"min_majority_share": min(shares)}
+        falling = True
+        if self.require_falling_entropy:
+            if entropy is None:
+                return Finding(False, values)
+            values["entropy_slope"] = slope(entropy)
+            falling = values["entropy_slope"] < 0
+        return Finding(min(shares) >= self.threshold and falling, values)
+
+
+@dataclass
+class AnswerConcentration:
+    """``train/answer_concentration`` >= ``threshold`` on each of the last ``window`` steps.
+
+    Why: different prompts have different answers. When one answer takes most of a step's samples
+    across prompts, the policy gives one answer for every question (e.g. "1"), which the vote rewards
+    because every group agrees with itself. Set the threshold above the share of the most common gold
+    answer of the task.
+    """
+
+    threshold: float = 0.5
+    window: int = 3
+    when = "step"
+
+    def validate(self) -> None:
+        _check_fraction("threshold", self.threshold)
+        _check_window("window", self.window)
+
+    def check(self, h: History) -> Finding | None:
+        values = window(h.values("train/answer_concentration"), self.window)
+        if values is None:
+            return None
+        return Finding(min(values) >= self.threshold, {"min_concentration": min(values)})
+
+
+@dataclass
+class EntropyCollapse:
+    """Mean ``train/entropy`` of the last ``window`` steps below ``ratio`` x its early baseline, and falling.
+
+    Why: the vote and the group advantage compare samples; once the policy's per-token entropy has
+    fallen to a small part of where it started, the G samples are near copies, nothing new is explored
+    and the self-reward only confirms the current answer.
+    """
+
+    ratio: float = 0.3
+    window: int = 5
+    when = "step"
+
+    def validate(self) -> None:
+        _check_fraction("ratio", self.ratio)
+        _check_window("window", self.window, 2)
+
+    def check(self, h: History) -> Finding | None:
+        recent = window(h.values("train/entropy"), self.window)
+        base = h.baseline.get("train/entropy")
+        if recent is None or base is None or base <= 0:
+            return None
+        ratio, trend = sum(recent) / len(recent) / base, slope(recent)
+        return Finding(ratio < self.ratio and trend < 0, {"entropy_ratio": ratio, "entropy_slope": trend})
+
+
+@dataclass
+class LengthDrift:
+    """Mean ``train/response_length`` of the last ``window`` steps moved more than ``max_change`` (relative)
+    from its early baseline, either way.
+
+    Why: a collapsed policy often drops its reasoning and writes only the agreed answer (length falls),
+    or games the format (length runs to the limit); a healthy run changes length slowly.
+    """
+
+    max_change: float = 0.5
+    window: int = 5
+    when = "step"
+
+    def validate(self) -> None:
+        if self.max_change <= 0:
+            raise ValueError(f"max_change={self.max_change}; accepted: a number > 0")
+        _check_window("window", self.window)
+
+    def check(self, h: History) -> Finding | None:
+        recent = window(h.values("train/response_length"), self.window)
+        base = h.baseline.get("train/response_length")
+        if recent is None or base is None:
+            return None
+        change = relative_change(sum(recent) / len(recent), base)
+        return Finding(abs(change) > self.max_change, {"length_change": change})
+
+
+@dataclass
+class AnswerRateDrop:
+    """Mean ``train/answer_rate`` of the last ``window`` steps fell more than ``max_drop`` below its baseline.
+
+    Why: samples without a readable answer never agree with a majority; a falling answer rate means the
+    policy is drifting away from the task format (often together with a length drift), and the vote's
+    label then rests on a few samples.
+    """
+
+    max_drop: float = 0.3
+    window: int = 5
+    when = "step"
+
+    def validate(self) -> None:
+        _check_fraction("max_drop", self.max_drop)
+        _check_window("window", self.window)
+
+    def check(self, h: History) -> Finding | None:
+        recent = window(h.values("train/answer_rate"), self.window)
+        base = h.baseline.get("train/answer_rate")
+        if recent is None or base is None:
+            return None
+        drop = base - sum(recent) / len(recent)
+        return Finding(drop > self.max_drop, {"answer_rate_drop": drop})
+
+
+@dataclass
+class RewardDivergence:
+    """The self-reward rises while held-out accuracy over the last ``evals`` evaluations is flat or falling.
+
+    Self-reward: ``train/reward/vote`` (else ``train/reward/mixed``); its least-squares slope per step over
+    the last ``window`` steps must exceed ``min_rise``. Held-out: ``heldout`` (a glob, default every
+    set's ``mean@k``); its slope per evaluation must be <= ``tolerance`` for some set.
+    Why: this is the definition of reward hacking (the SRT paper; the URLVR study's "rise then fall"):
+    the model is getting better at agreeing with itself and not at the task. The held-out sets carry gold
+    answers, but they are the run's own evaluation, never a training signal.
+    """
+
+    window: int = 5
+    min_rise: float = 0.005
+    evals: int = 3
+    tolerance: float = 0.0
+    heldout: str = "val/*/mean@*"
+    when = "eval"
+
+    def validate(self) -> None:
+        _check_window("window", self.window, 2)
+        _check_window("evals", self.evals, 2)
+        if "*" not in self.heldout and not self.heldout.startswith("val/"):
+            raise ValueError(f"heldout={self.heldout!r}; accepted: a val/ metric or glob")
+
+    def check(self, h: History) -> Finding | None:
+        name = self_reward_name(h)
+        rewards = window(h.values(name), self.window) if name else None
+        sets = [window(h.values(n), self.evals) for n in h.names(self.heldout)]
+        sets = [s for s in sets if s is not None]
+        if rewards is None or not sets:
+            return None
+        rise, heldout = slope(rewards), min(slope(s) for s in sets)
+        return Finding(rise > self.min_rise and heldout <= self.tolerance,
+                       {"reward_slope": rise, "heldout_slope": heldout})
+
+
+@dataclass
+class TopAnswerShare:
+    """At the latest evaluation some held-out set's ``top_answer_share`` >= ``threshold``.
+
+    Why: held-out prompts are independent questions; when one answer is most of all their samples the
+    policy answers every question the same way, whatever the training reward says.
+    """
+
+    threshold: float = 0.5
+    when = "eval"
+
+    def validate(self) -> None:
+        _check_fraction("threshold", self.threshold)
+
+    def check(self, h: History) -> Finding | None:
+        latest = [h.values(n)[-1] for n in h.names("val/*/top_answer_share")]
+        if not latest:
+            return None
+        return Finding(max(latest) >= self.threshold, {"top_answer_share": max(latest)})
+
+
+Rule = MajorityCollapse | AnswerConcentration | EntropyCollapse | LengthDrift | AnswerRateDrop | RewardDivergence \
+    | TopAnswerShare

@@ -1,0 +1,203 @@
+"""The guard's actions on the tiny model: stop, rollback (weights and learning rate), resume, bad settings."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import PARITY_REWARD
+from srtlab.guard.callback import CollapseGuard, Remedy, best_score
+from srtlab.guard.rules import MajorityCollapse
+from srtlab.plot import read_metrics
+from srtlab.train import build, check_config, fit
+
+# The tiny model never answers, so its majority share is 0 every step: a threshold of 0 makes the
+# majority rule fire as soon as its window (2 steps) is full, at step 2. The other rules are removed.
+FIRE_AT_2 = ["callbacks.guard.rules.majority.threshold=0.0", "callbacks.guard.rules.majority.window=2",
+             "callbacks.guard.rules.majority.require_falling_entropy=false",
+             *[f"~callbacks.guard.rules.{name}" for name in
+               ("concentration", "entropy", "length", "answer_rate", "divergence", "top_answer")]]
+QUIET = [*PARITY_REWARD, "eval_before=false", "eval_after=false", "trainer.val_check_interval=100",
+         "optim.lr=1e-3", "rollout.sampling.temperature=1.0"]
+
+
+def _events(run):
+    return [json.loads(line) for line in (run / "guard" / "events.jsonl").read_text().splitlines()]
+
+
+def test_stop_ends_the_fit_cleanly_with_the_reason_saved(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    results = fit(tiny_cfg(*QUIET, "guard=stop", *FIRE_AT_2, "trainer.max_steps=6", run_dir=run))
+    assert results["steps"] == 2  # stopped at the first event, not at max_steps
+    stop = json.loads((run / "guard" / "stop.json").read_text())
+    assert stop["step"] == 2 and stop["rules"] == ["majority"] and "majority fired at step 2" in stop["reason"]
+    assert stop["values"]["majority"]["min_majority_share"] == 0.0
+    assert [e["action"] for e in _events(run)] == ["stop"]
+    ckpt = torch.load(run / "guard" / "stop.ckpt", weights_only=True)  # resumable: full training state
+    assert ckpt["global_step"] == 2 and ckpt["optimizer_states"] and ckpt["callbacks"]["CollapseGuard"]["events"] == 1
+    metrics = read_metrics(run)  # train rows count from 0: row 1 is the second step, after which the guard stopped
+    assert metrics["guard/majority/fired"] == {1: 1.0} and metrics["guard/events"][1] == 1.0
+
+
+def test_warn_keeps_training_and_respects_the_cooldown(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    results = fit(tiny_cfg(*QUIET, "guard=warn", *FIRE_AT_2, "callbacks.guard.cooldown=3", "trainer.max_steps=6",
+                           run_dir=run))
+    assert results["steps"] == 6
+    assert [e["step"] for e in _events(run)] == [2, 5]  # fires every step; acts at 2, then after 3 quiet steps
+
+
+class _WeightsAfter(L.Callback):
+    """Records the policy's weights and learning rates after every other callback's on_train_batch_end."""
+
+    def __init__(self):
+        self.weights, self.lrs = {}, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights[trainer.global_step] = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+        self.lrs[trainer.global_step] = [g["lr"] for g in trainer.optimizers[0].param_groups]
+
+
+def test_rollback_restores_the_best_weights_and_lowers_the_learning_rate(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(*QUIET, "guard=rollback", *FIRE_AT_2, "callbacks.guard.cooldown=10", "trainer.max_steps=3",
+                   "callbacks.guard.remedy.lr_factor=0.25")
+    check_config(cfg)
+    module, datamodule, trainer = build(cfg)
+    probe = _WeightsAfter()
+    trainer.callbacks.append(probe)  # after the guard: sees the restored weights
+    trainer.fit(module, datamodule=datamodule)
+
+    # no evaluation ran during training, so the best checkpoint is the starting weights (step 0)
+    [event] = _events(tmp_path / "run")
+    assert event["action"] == "rollback" and event["step"] == 2 and event["restored_step"] == 0
+    assert event["remedy"] == {"lr": [pytest.approx(2.5e-4)]}
+    best = torch.load(tmp_path / "run" / "guard" / "best.ckpt", weights_only=True)["state_dict"]
+    start = {k.removeprefix("model."): v for k, v in best.items() if k.startswith("model.")}
+    assert any(not torch.equal(start[k], v) for k, v in probe.weights[1].items())  # step 1 had trained
+    for k, v in probe.weights[2].items():  # after the rollback at step 2: the starting weights again
+        torch.testing.assert_close(v, start[k], rtol=0, atol=0)
+    # the lower rate is used by the next step (the scheduler's base rate was lowered too)
+    assert probe.lrs[1] == [pytest.approx(1e-3)] and probe.lrs[3] == [pytest.approx(2.5e-4)]
+    assert read_metrics(tmp_path / "run")["train/lr"] == pytest.approx({0: 1e-3, 1: 1e-3, 2: 2.5e-4})
+    assert trainer.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(2.5e-4)]
+    assert any(not torch.equal(probe.weights[3][k], v) for k, v in start.items())  # and training went on
+
+
+def test_rollback_target_follows_the_evaluations(tiny_cfg, tmp_path):
+    """With evaluations during training, the best checkpoint is the latest best-scoring one (ties: later)."""
+    run = tmp_path / "run"
+    fit(tiny_cfg(*PARITY_REWARD, "eval_after=false", "optim.lr=1e-3", "guard=rollback", *FIRE_AT_2,
+                 "callbacks.guard.cooldown=10", "trainer.max_steps=4", "trainer.val_check_interval=2", run_dir=run))
+    # rolled back at step 2 to the evaluation before training (step 0); the evaluation at step 2 ties, so it
+    # becomes the target (last.ckpt is written at step 4 before that step's evaluation); step 4 is in the cooldown
+    assert [(e["step"], e["restored_step"]) for e in _events(run)] == [(2, 0)]
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["CollapseGuard"]
+    assert state["best"]["step"] == 2 and state["best"]["score"] == 0.0 and state["rollbacks"] == 1
+
+
+def test_best_score():
+    metrics = {"val/a/top_answer_share": 0.2, "val/b/top_answer_share": 0.6, "val/a/mean@8": 0.5,
+               "val/b/mean@8": 0.3, "val/a/maj@8": 0.9}
+    assert best_score(metrics, "top_answer_share") == -0.6  # the worst set counts
+    assert best_score(metrics, "heldout_mean") == pytest.approx(0.4)
+    assert best_score({"val/a/maj@8": 0.9}, "heldout_mean") is None
+
+
+def test_resume_keeps_the_guards_state(tiny_cfg, tmp_path):
+    steps = [*QUIET, "guard=warn", *FIRE_AT_2, "callbacks.guard.cooldown=3"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    fit(tiny_cfg(*steps, "trainer.max_steps=6", run_dir=straight))
+    fit(tiny_cfg(*steps, "trainer.max_steps=3", run_dir=interrupted))  # "killed" after step 3, in the cooldown
+    fit(tiny_cfg(*steps, "trainer.max_steps=6", "resume=true", run_dir=interrupted))
+
+    def state(run):
+        return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["CollapseGuard"]
+
+    a, b = state(straight), state(interrupted)
+    assert a["history"]["series"] == b["history"]["series"] and len(a["history"]["series"]["train/loss"]) == 6
+    assert (a["quiet_until"], a["events"]) == (b["quiet_until"], b["events"]) == (8, 2)
+    # the resumed run kept the cooldown: its events are the uninterrupted run's
+    assert [e["step"] for e in _events(interrupted)] == [e["step"] for e in _events(straight)] == [2, 5]
+
+
+def test_bad_guard_settings_fail_in_check_config(tiny_cfg):
+    with pytest.raises(ValueError, match=r"callbacks.guard.action='explode'; accepted: warn, stop, rollback"):
+        check_config(tiny_cfg("guard=warn", "callbacks.guard.action=explode"))
+    with pytest.raises(ValueError, match=r"callbacks.guard.rules.majority.threshold=2.0; accepted"):
+        check_config(tiny_cfg("guard=warn", "callbacks.guard.rules.majority.threshold=2.0"))
+    with pytest.raises(ValueError, match=r"callbacks.guard.remedy.lr_factor=0.0; accepted"):
+        check_config(tiny_cfg("guard=rollback", "callbacks.guard.remedy.lr_factor=0.0"))
+
+
+class _Trainer:
+    def __init__(self):
+        self.callbacks = []
+
+
+def test_remedies_without_their_hook_fail_before_training():
+    guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(kl_coef=0.1))
+    with pytest.raises(ValueError, match=r"callbacks.guard.remedy.kl_coef=0.1 needs object.set_kl_coef"):
+        guard.setup(_Trainer(), object(), "fit")
+    guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(curriculum_back=True))
+    with pytest.raises(ValueError, match=r"curriculum_back=true but no callback has step_back"):
+        guard.setup(_Trainer(), object(), "fit")
+    guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(gold_mix={"vote": 1.0}, gold_mix_steps=3))
+    with pytest.raises(ValueError, match=r"gold_mix=\{'vote': 1.0\} needs object.set_reward_weights"):
+        guard.setup(_Trainer(), object(), "fit")
+    with pytest.raises(ValueError, match=r"gold_mix_steps=0; accepted"):
+        CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(gold_mix={"vote": 1.0}))
+    CollapseGuard("warn", {"m": MajorityCollapse()}, remedy=Remedy(kl_coef=0.1)).setup(_Trainer(), object(), "fit")
+
+
+class _Curriculum(L.Callback):
+    def __init__(self):
+        self.backs = 0
+
+    def step_back(self):
+        self.backs += 1
+
+
+def test_rollback_applies_kl_gold_mix_and_curriculum_remedies(tiny_cfg, tmp_path):
+    """The hooks the remedies call (the module's set_kl_coef / set_reward_weights, a curriculum's step_back)."""
+    cfg = tiny_cfg(*QUIET, "guard=rollback", *FIRE_AT_2, "callbacks.guard.cooldown=10", "trainer.max_steps=4",
+                   "callbacks.guard.remedy.lr_factor=null", "callbacks.guard.remedy.kl_coef=0.05",
+                   "+callbacks.guard.remedy.gold_mix={parity: 0.5, ground_truth: 0.5}",
+                   "callbacks.guard.remedy.gold_mix_steps=1", "callbacks.guard.remedy.curriculum_back=true")
+    module, datamodule, trainer = build(cfg)
+    calls = []
+    module.set_kl_coef = lambda x: calls.append(("kl", x))
+    module.set_reward_weights = lambda w: calls.append(("weights", w)) or {"parity": 1.0}  # returns the old ones
+    curriculum = _Curriculum()
+    trainer.callbacks.append(curriculum)
+    trainer.fit(module, datamodule=datamodule)
+    # at step 2: KL up, gold mixed in for one step, curriculum back; at step 3 the old weights return
+    assert calls == [("kl", 0.05), ("weights", {"parity": 0.5, "ground_truth": 0.5}), ("weights", {"parity": 1.0})]
+    assert curriculum.backs == 1
+    [event] = _events(tmp_path / "run")
+    assert event["remedy"] == {"kl_coef": 0.05, "gold_mix": {"weights": {"parity": 0.5, "ground_truth": 0.5},
+                                                            "until_step": 3}, "curriculum_back": True}
+
+
+@pytest.mark.parametrize("option", ["off", "warn", "stop", "rollback"])
+def test_guard_options_compose_and_validate(option, tiny_cfg):
+    cfg = tiny_cfg(f"guard={option}", "experiment=curriculum")
+    check_config(cfg)  # builds the guard (its rules and remedy validate) next to the curriculum
+    assert set(cfg.callbacks) == {"guard", "curriculum"}
+    assert (cfg.callbacks.guard is None) == (option == "off")
+    if option != "off":
+        assert cfg.callbacks.guard.action == option and len(cfg.callbacks.guard.rules) == 7
+
+
+def test_the_guard_sees_the_same_signals_wherever_it_is_listed(tiny_cfg, tmp_path):
+    histories = []
+    for place in ("first", "last"):
+        cfg = tiny_cfg(*QUIET, "guard=warn", *FIRE_AT_2, "trainer.max_steps=3", run_dir=tmp_path / place)
+        module, datamodule, trainer = build(cfg)
+        [guard] = [cb for cb in trainer.callbacks if isinstance(cb, CollapseGuard)]
+        trainer.callbacks.remove(guard)
+        trainer.callbacks.insert(0 if place == "first" else len(trainer.callbacks), guard)  # before/after rollouts
+        trainer.fit(module, datamodule=datamodule)
+        histories.append(guard.history.series)
+    first, last = histories
+    assert first == last and len(first["train/majority_share"]) == 3 and "train/reward/mixed" in first

@@ -1,0 +1,124 @@
+"""Every rule on hand-made metric sequences: it fires on the collapse it is for, not on a healthy run."""
+
+import pytest
+
+from srtlab.guard.rules import (AnswerConcentration, AnswerRateDrop, EntropyCollapse, LengthDrift, MajorityCollapse,
+                                RewardDivergence, TopAnswerShare)
+from srtlab.guard.signals import History
+
+RULES = [MajorityCollapse(), AnswerConcentration(), EntropyCollapse(), LengthDrift(), AnswerRateDrop(),
+         RewardDivergence(), TopAnswerShare()]
+
+
+def make_history(train: dict[str, list[float]], val: dict[str, list[float]] | None = None, every: int = 5,
+                 baseline_steps: int = 3) -> History:
+    """Training series logged at steps 1..n; held-out series at steps 0, every, 2*every, ..."""
+    h = History()
+    for name, values in train.items():
+        for step, v in enumerate(values, start=1):
+            h.add(step, {name: v})
+    for name, values in (val or {}).items():
+        for i, v in enumerate(values):
+            h.add(i * every, {name: v})
+    h.freeze_baselines(baseline_steps)
+    return h
+
+
+# A healthy SRT run: majority share and reward rise slowly, entropy eases a little, held-out accuracy rises.
+HEALTHY = make_history(
+    {"train/majority_share": [0.55, 0.6, 0.62, 0.65, 0.7, 0.72, 0.75, 0.74, 0.78, 0.8],
+     "train/answer_concentration": [0.2, 0.22, 0.18, 0.25, 0.2, 0.24, 0.22, 0.23, 0.2, 0.21],
+     "train/entropy": [0.9, 0.88, 0.9, 0.86, 0.85, 0.84, 0.85, 0.83, 0.8, 0.82],
+     "train/response_length": [120, 118, 125, 119, 115, 117, 112, 116, 110, 114],
+     "train/answer_rate": [0.9, 0.92, 0.9, 0.93, 0.94, 0.95, 0.94, 0.95, 0.96, 0.95],
+     "train/reward/vote": [0.5, 0.55, 0.57, 0.6, 0.63, 0.66, 0.68, 0.7, 0.72, 0.75]},
+    {"val/set/mean@8": [0.3, 0.34, 0.37], "val/set/top_answer_share": [0.15, 0.18, 0.2]})
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__)
+def test_no_rule_fires_on_a_healthy_run(rule):
+    finding = rule.check(HEALTHY)
+    assert finding is not None and not finding.fired, finding
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__)
+def test_rules_wait_for_enough_history(rule):
+    assert rule.check(make_history({"train/majority_share": [1.0], "train/entropy": [0.1]})) is None
+
+
+def test_majority_collapse_needs_the_share_high_for_the_whole_window_and_entropy_falling():
+    rule = MajorityCollapse(threshold=0.95, window=4)
+    collapse = make_history({"train/majority_share": [0.7, 0.96, 0.97, 1.0, 1.0],
+                             "train/entropy": [0.8, 0.5, 0.3, 0.2, 0.1]})
+    finding = rule.check(collapse)
+    assert finding.fired and finding.values["min_majority_share"] == 0.96 and finding.values["entropy_slope"] < 0
+    one_dip = make_history({"train/majority_share": [0.96, 0.97, 0.9, 1.0, 1.0],
+                            "train/entropy": [0.8, 0.5, 0.3, 0.2, 0.1]})
+    assert not rule.check(one_dip).fired
+    steady_entropy = make_history({"train/majority_share": [0.7, 0.96, 0.97, 1.0, 1.0],
+                                   "train/entropy": [0.3, 0.3, 0.31, 0.3, 0.32]})  # an easy task, learned
+    assert not rule.check(steady_entropy).fired
+    assert MajorityCollapse(window=4, require_falling_entropy=False).check(steady_entropy).fired
+
+
+def test_answer_concentration_fires_on_one_answer_for_every_prompt():
+    rule = AnswerConcentration(threshold=0.5, window=3)
+    assert rule.check(make_history({"train/answer_concentration": [0.2, 0.6, 0.8, 0.95]})).fired
+    assert not rule.check(make_history({"train/answer_concentration": [0.2, 0.6, 0.4, 0.95]})).fired
+
+
+def test_entropy_collapse_is_relative_to_the_start_and_falling():
+    rule = EntropyCollapse(ratio=0.3, window=3)
+    falling = make_history({"train/entropy": [1.0, 1.0, 1.0, 0.4, 0.2, 0.1]})
+    finding = rule.check(falling)
+    assert finding.fired and finding.values["entropy_ratio"] == pytest.approx(0.7 / 3)
+    recovering = make_history({"train/entropy": [1.0, 1.0, 1.0, 0.1, 0.2, 0.3]})  # low but rising again
+    assert not rule.check(recovering).fired
+
+
+def test_length_drift_fires_both_ways():
+    rule = LengthDrift(max_change=0.5, window=2)
+    assert rule.check(make_history({"train/response_length": [100, 100, 100, 30, 20]})).fired  # "Answer: 1"
+    assert rule.check(make_history({"train/response_length": [100, 100, 100, 200, 256]})).fired  # runaway
+    assert not rule.check(make_history({"train/response_length": [100, 100, 100, 80, 120]})).fired
+
+
+def test_answer_rate_drop():
+    rule = AnswerRateDrop(max_drop=0.3, window=2)
+    assert rule.check(make_history({"train/answer_rate": [0.9, 0.9, 0.9, 0.5, 0.4]})).fired
+    assert not rule.check(make_history({"train/answer_rate": [0.9, 0.9, 0.9, 0.7, 0.8]})).fired
+
+
+def test_reward_divergence_self_reward_rises_while_heldout_does_not():
+    rule = RewardDivergence(window=5, min_rise=0.005, evals=3)
+    rising = {"train/reward/vote": [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]}
+    hacked = make_history(rising, {"val/set/mean@8": [0.4, 0.42, 0.35]})
+    finding = rule.check(hacked)
+    assert finding.fired and finding.values["reward_slope"] > 0.05 and finding.values["heldout_slope"] < 0
+    # the same reward curve with held-out accuracy rising is learning, not hacking
+    assert not rule.check(make_history(rising, {"val/set/mean@8": [0.4, 0.45, 0.5]})).fired
+    # a flat self-reward with flat held-out accuracy is a plateau, not hacking
+    flat = make_history({"train/reward/vote": [0.7] * 6}, {"val/set/mean@8": [0.4, 0.4, 0.4]})
+    assert not rule.check(flat).fired
+    # any held-out set falling counts; the mixed reward stands in when the vote is not logged
+    two_sets = make_history({"train/reward/mixed": [0.5, 0.6, 0.7, 0.8, 0.9]},
+                            {"val/a/mean@8": [0.4, 0.5, 0.6], "val/b/mean@8": [0.5, 0.5, 0.4]})
+    assert rule.check(two_sets).fired
+
+
+def test_top_answer_share_reads_the_latest_evaluation():
+    rule = TopAnswerShare(threshold=0.5)
+    assert rule.check(make_history({}, {"val/a/top_answer_share": [0.2, 0.99]})).fired
+    assert not rule.check(make_history({}, {"val/a/top_answer_share": [0.99, 0.2]})).fired
+
+
+@pytest.mark.parametrize("rule, message", [
+    (MajorityCollapse(threshold=1.5), "threshold=1.5; accepted: a number in [0, 1]"),
+    (MajorityCollapse(window=1), "window=1; accepted: an integer >= 2"),
+    (LengthDrift(max_change=0), "max_change=0; accepted: a number > 0"),
+    (RewardDivergence(evals=1), "evals=1; accepted: an integer >= 2"),
+    (RewardDivergence(heldout="train/reward"), "heldout='train/reward'"),
+])
+def test_bad_settings_name_the_field(rule, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        rule.validate()
