@@ -199,20 +199,16 @@ class CurriculumScheduler(L.Callback):
             print(f"\ncurriculum climb ({self._folder(trainer)}):\n" + format_before_after(self.records, k))
 
     # -- helpers --------------------------------------------------------------------------------
-    def step_back(self, task: str | None = None) -> list[str]:
-        """Move ``task`` (every task when None) one level down, for a guard's remedy; -> the tasks moved.
-        The caller applies the new mixture through :meth:`apply`."""
+    def step_back(self, pl_module: L.LightningModule) -> list[str]:
+        """Move every task one level down and apply the new mixture (a guard's remedy); -> the tasks moved."""
         moved = []
-        for name in [task] if task is not None else list(self.level):
+        for name in self.level:
             if self.level[name] > 0:
                 self.level[name] -= 1
                 self.history[name], self.warmup_left[name] = [], 0
                 moved.append(name)
-        return moved
-
-    def apply(self, pl_module: L.LightningModule) -> None:
-        """Public form of :meth:`_apply`, for a guard that stepped the curriculum back."""
         self._apply(pl_module)
+        return moved
 
     def _apply(self, pl_module: L.LightningModule) -> None:
         """Hand the datamodule the mixture, and the policy the reward weights, of the current state."""

@@ -2,7 +2,7 @@
 
 After every training step (``on_train_batch_end``) it appends the step's ``train/*`` values from
 ``trainer.callback_metrics`` to its history, and after every evaluation (``on_validation_end``) the
-``val/*`` values; both are logged before these hooks by the module and the rollout callback, so the guard
+``val/*`` values; both are logged before these hooks by the module (and the callbacks), so the guard
 does not depend on where it is listed among the callbacks. Then it checks its rules (``srtlab.guard.rules``)
 and, when one fires outside the cooldown, acts:
 
@@ -254,7 +254,7 @@ class CollapseGuard(L.Callback):
             done["gold_mix"] = {"weights": dict(r.gold_mix), "until_step": self.gold_until}
         if r.curriculum_back:
             for callback in _step_back_callbacks(trainer):
-                callback.step_back()
+                callback.step_back(pl_module)
             done["curriculum_back"] = True
         return done
 
@@ -325,11 +325,6 @@ def _step_back_callbacks(trainer: L.Trainer) -> list[L.Callback]:
 
 
 def _sync_engines(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-    """Send the restored weights to every rollout engine that keeps its own copy of the policy."""
-    from srtlab.rollout.callback import RolloutCallback
-    from srtlab.rollout.sync import policy_weights
-
-    for callback in trainer.callbacks:
-        engine = getattr(callback, "engine", None) if isinstance(callback, RolloutCallback) else None
-        if engine is not None and not getattr(engine, "shares_policy", False):
-            engine.load_weights(policy_weights(pl_module.model))
+    """Send the restored weights to the rollout engine (a no-op when it shares the policy)."""
+    if callable(getattr(pl_module, "sync_engine", None)):
+        pl_module.sync_engine()

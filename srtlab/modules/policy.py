@@ -142,9 +142,17 @@ class PolicyModule(L.LightningModule):
             raise RuntimeError("this PolicyModule was built without a rollout stage (rollouts=None)")
         return self.rollouts.engine(self.model, self.tokenizer)
 
-    def set_reward_weights(self, weights: dict[str, float] | None) -> None:
-        """Train on other weights of the same sources (``ground_truth`` allowed); None restores the config's."""
+    def set_reward_weights(self, weights: dict[str, float] | None) -> dict[str, float]:
+        """Train on other weights of the same sources (``ground_truth`` allowed); None restores the config's.
+        Returns the weights in force before, so a caller can restore them."""
+        previous = dict(self.reward.weights)
         self.reward = self.base_reward if weights is None else self.base_reward.with_weights(weights)
+        return previous
+
+    def sync_engine(self) -> None:
+        """Send the current weights to the rollout engine (after a rollback restored older ones)."""
+        if self.rollouts is not None:
+            self.rollouts.sync(self.model)
 
     def set_kl_coef(self, coef: float) -> None:
         """Change the KL coefficient, loading the frozen reference the first time it becomes positive."""

@@ -154,7 +154,7 @@ class _Curriculum(L.Callback):
     def __init__(self):
         self.backs = 0
 
-    def step_back(self):
+    def step_back(self, pl_module):
         self.backs += 1
 
 
