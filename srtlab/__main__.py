@@ -1,7 +1,8 @@
 """Command line: ``python -m srtlab {fit,eval,label,prepare,plot} [key=value ...]``.
 
 ``fit``, ``eval`` and ``label`` take Hydra overrides (``experiment=srt rollout.n=16 algorithm=grpo ...``) and
-Hydra's own flags (``--cfg job`` prints the composed config, ``-m`` sweeps).
+Hydra's own flags (``--cfg job`` prints the composed config, ``-m`` sweeps, ``--config-dir DIR`` adds a folder of
+the user's own configs, e.g. ``DIR/experiment/mine.yaml`` for ``experiment=mine``).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ commands:
 def _hydra_task(config_name: str, task):
     import hydra
 
+    from srtlab import config_dir
     from srtlab.train import register_resolvers
 
     register_resolvers()
 
-    @hydra.main(version_base="1.3", config_path="../configs", config_name=config_name)
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def main(cfg) -> None:
         task(cfg)
 
