@@ -20,6 +20,7 @@ import contextlib
 import resource
 import statistics
 import time
+
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -30,6 +31,7 @@ from srtlab.data.datamodule import PromptStream
 from srtlab.modules.policy import PolicyModule
 from srtlab.rollout.sync import LogprobProbe, policy_weights
 from srtlab.train import register_resolvers
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -42,8 +42,9 @@ def test_wheel_ships_configs_and_runs_from_another_folder(installed, tmp_path):
     where = subprocess.run([sys.executable, "-c", "import srtlab; print(srtlab.config_dir())"], capture_output=True,
                            text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(installed)}, check=True)
     assert Path(where.stdout.strip()) == installed / "srtlab" / "configs"
-    shipped = {p.relative_to(installed / "srtlab" / "configs") for p in (installed / "srtlab" / "configs").rglob("*.yaml")}
-    assert shipped == {p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml")}
+    shipped = installed / "srtlab" / "configs"
+    assert {p.relative_to(shipped) for p in shipped.rglob("*.yaml")} == {
+        p.relative_to(REPO / "configs") for p in (REPO / "configs").rglob("*.yaml")}
     out = _srtlab(installed, "fit", "experiment=srt", "--cfg", "job", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "name: srt" in out.stdout
