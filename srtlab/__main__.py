@@ -1,7 +1,8 @@
 """Command line: ``python -m srtlab {fit,eval,label,prepare,plot} [key=value ...]``.
 
 ``fit``, ``eval`` and ``label`` take Hydra overrides (``experiment=srt rollout.n=16 algorithm=grpo ...``) and
-Hydra's own flags (``--cfg job`` prints the composed config, ``-m`` sweeps).
+Hydra's own flags (``--cfg job`` prints the composed config, ``-m`` sweeps, ``--config-dir DIR`` adds a folder of
+the user's own configs, e.g. ``DIR/experiment/mine.yaml`` for ``experiment=mine``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # hydra.main's 
 def _hydra_task(config_name: str, task):
     import hydra
 
+    from srtlab import config_dir
     from srtlab.train import register_resolvers
     from srtlab.validate import CONFIG_ERROR_EXIT, check_command_line
 
@@ -38,7 +40,7 @@ def _hydra_task(config_name: str, task):
         print("\n".join(f"config error: {line}" for line in error.splitlines()), file=sys.stderr)
         raise SystemExit(CONFIG_ERROR_EXIT)
 
-    @hydra.main(version_base="1.3", config_path="../configs", config_name=config_name)
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def main(cfg) -> None:
         task(cfg)
 

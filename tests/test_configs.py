@@ -60,3 +60,30 @@ def test_unknown_key_is_rejected_by_hydra(tiny_cfg):
 
     with pytest.raises(ConfigCompositionException, match="rollout.nn"):
         tiny_cfg("rollout.nn=16")
+
+
+# Every option of every group composes on top of the fit config and passes check_config (experiments are tested
+# above). Groups outside fit.yaml's defaults are added where the experiments put them.
+GROUP_OPTIONS = sorted((p.parent.name, p.stem) for p in Path(CONFIG_DIR).glob("*/*.yaml")
+                       if p.parent.name != "experiment")
+ADDED_AS = {"curriculum": "+curriculum@callbacks.curriculum"}
+
+
+@pytest.mark.parametrize("group,option", GROUP_OPTIONS)
+def test_every_group_option_composes(group, option, tiny_cfg, tmp_path):
+    extra = []
+    if (group, option) == ("reward", "teacher"):  # reads a labels file written by `python -m srtlab label`
+        labels = tmp_path / "labels.jsonl"
+        labels.write_text('{"id": "letter_counting/train/0", "label": "1"}\n')
+        extra = [f"reward.sources.teacher.labels={labels}"]
+    cfg = tiny_cfg(f"{ADDED_AS.get(group, group)}={option}", *extra)
+    check_config(cfg)
+
+
+@pytest.mark.parametrize("debug", ["tiny", "fast_dev"])
+def test_debug_options_stay_small_on_any_experiment(debug):
+    from conftest import compose_config
+
+    cfg = compose_config("fit", ["experiment=rlvr", f"debug={debug}"])
+    assert cfg.name == "debug" and cfg.trainer.max_steps <= 2 and cfg.data.batch_size <= 2
+    assert cfg.reward == compose_config("fit", ["experiment=rlvr"]).reward  # the experiment's own settings are kept

@@ -90,6 +90,12 @@ def test_wandb_logger_works_offline(tiny_cfg, tmp_path, monkeypatch):
     assert list((run / "wandb").glob("offline-run-*"))
 
 
+def test_tensorboard_logger_writes_events(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    fit(tiny_cfg("logger=tensorboard", "eval_before=false", "trainer.max_steps=1", run_dir=run))
+    assert list((run / "tensorboard").glob("version_0/events.out.tfevents.*"))
+
+
 def test_killed_run_resumes_and_matches(tiny_cfg, tmp_path, tiny_model_dir):
     """SIGKILL a real `python -m srtlab fit` after its first checkpoint, resume it, compare."""
     import os

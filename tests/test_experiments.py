@@ -1,0 +1,104 @@
+"""Smoke tests of every script under experiments/: the Python scripts run on the tiny model (one step), the
+shell scripts that launch long studies print their commands (``DRY_RUN=1``) and every command composes and
+passes check_config, so a renamed key or a broken import fails here rather than an hour into a study."""
+
+import os
+import runpy
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import PARITY_REWARD, TINY_OVERRIDES, compose_config
+from srtlab.train import check_config, fit
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SHELL_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.sh"))
+PYTHON_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.py"))
+TESTED_PYTHON = {"bench_step.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py"}
+
+
+def _run_script(name: str, args: list[str], monkeypatch, capsys) -> str:
+    """Run experiments/NAME in this process (as ``python experiments/NAME ARGS``) and return its stdout."""
+    capsys.readouterr()  # drop what ran before
+    monkeypatch.setattr(sys, "argv", [str(EXPERIMENTS / name), *args])
+    runpy.run_path(str(EXPERIMENTS / name), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_every_python_script_has_a_smoke_test():
+    assert set(PYTHON_SCRIPTS) == TESTED_PYTHON
+
+
+def test_bench_step_runs_one_step_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    out = _run_script("bench_step.py", ["--steps", "1", f"model.path={tiny_model_dir}", f"run_dir={tmp_path}",
+                                        *TINY_OVERRIDES], monkeypatch, capsys)
+    assert "SRT step: 2 prompts x 4 samples" in out and "generation tokens/s" in out
+
+
+@pytest.fixture(scope="module")
+def retry_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A one-step reflect-retry run of the tiny model: its results hold mean@k etc. and the R3 metrics."""
+    run = tmp_path_factory.mktemp("runs") / "reflect_retry"
+    fit(compose_config("fit", [f"model.path={tiny_model_dir}", f"run_dir={run}", *TINY_OVERRIDES,
+                               "experiment=reflect_retry", "trainer.max_steps=1"]))
+    return run
+
+
+def test_summarize_tables_a_run(retry_run, monkeypatch, capsys):
+    out = _run_script("summarize.py", [str(retry_run)], monkeypatch, capsys)
+    row = out.splitlines()[2].split(" | ")
+    assert row[0] == "| reflect_retry" and row[-1] == "1 |"
+    assert all(cell != "-" for cell in row[1:-1])  # every before/after metric was found
+
+
+def test_summarize_retry_tables_a_run(retry_run, monkeypatch, capsys):
+    (retry_run.parent / "reflect_retry.time").write_text("wall_s 75.5 max_rss_kb 1\n")
+    lines = _run_script("summarize_retry.py", [str(retry_run)], monkeypatch, capsys).splitlines()
+    assert [line.split(" | ")[1] for line in lines[2:]] == ["before", "after"]
+    assert "-" not in lines[3].split(" | ")[2:8] and lines[3].endswith("| 1 | 1 min 15 s |")
+
+
+def test_curriculum_summary_tables_a_climb(tiny_cfg, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "climb"
+    fit(tiny_cfg("experiment=curriculum", *PARITY_REWARD, "callbacks.curriculum.tasks.chain_sum.levels=[0,1]",
+                 "callbacks.curriculum.advance.steps=1", "callbacks.curriculum.eval_size=1", "data.prompt.shots=[]",
+                 "trainer.max_steps=1", run_dir=run))
+    lines = _run_script("curriculum_summary.py", [str(run)], monkeypatch, capsys).splitlines()
+    assert len(lines) == 2 + 2 and all(line.startswith("| climb |") for line in lines[2:])
+
+
+def _dry_run(script: str, out: Path, *overrides: str) -> list[list[str]]:
+    """The srtlab commands a shell script would run (its DRY_RUN=1 output), each as its argument list."""
+    env = {**os.environ, "DRY_RUN": "1"}
+    done = subprocess.run(["bash", str(EXPERIMENTS / script), str(out), *overrides], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line) for line in done.stdout.splitlines() if line.strip()]
+    assert commands and all(c[c.index("srtlab") - 2:c.index("srtlab")] == ["python", "-m"] for c in commands)
+    return [c[c.index("srtlab") + 1:] for c in commands]
+
+
+STUDIES = {"compare_rewards.sh": 7, "curriculum_climb.sh": 2, "reflect_retry.sh": 2, "srt_vs_rlvr.sh": 4,
+           "slurm_fit.sh": 1}
+
+
+def test_every_shell_script_has_a_smoke_test():
+    assert set(SHELL_SCRIPTS) == set(STUDIES)
+
+
+@pytest.mark.parametrize("script", sorted(STUDIES))
+def test_study_script_commands_compose(script, tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    commands = _dry_run(script, out, f"model.path={tiny_model_dir}")
+    assert len(commands) == STUDIES[script]
+    out.mkdir(exist_ok=True)
+    (out / "labels.jsonl").write_text('{"id": "products/train/0", "label": "1"}\n')  # what `label` would write
+    for command, *overrides in commands:
+        assert command in ("fit", "label")
+        cfg = compose_config(command, overrides)
+        if command == "fit":
+            check_config(cfg)
+        assert str(cfg.model.path) == str(tiny_model_dir)
