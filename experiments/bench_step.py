@@ -88,7 +88,8 @@ def main() -> None:
         t3 = time.perf_counter()
         engine.load_weights(policy_weights(module.model))
         t4 = time.perf_counter()
-        probe_diffs.append(probe(module, engine, batch.prompts, sampling, seed=step).get("sync/max_logprob_diff"))
+        logprobs = lambda p, c, n: module.token_logprobs(module.model, p, c, n)  # noqa: E731
+        probe_diffs.append(probe(logprobs, engine, batch.prompts, sampling, seed=step).get("sync/max_logprob_diff"))
         if step == 0:
             continue  # warm-up
         for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):

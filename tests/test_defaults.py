@@ -17,8 +17,8 @@ from typing import ClassVar
 
 import lightning as L
 import torch
-from conftest import PARITY_REWARD, TINY_OVERRIDES, compose_config
 
+from conftest import PARITY_REWARD, TINY_OVERRIDES, compose_config
 from srtlab.plot import read_metrics
 from srtlab.train import evaluate, fit
 

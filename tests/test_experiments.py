@@ -17,7 +17,7 @@ from srtlab.train import check_config, fit
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SHELL_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.sh"))
 PYTHON_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.py"))
-TESTED_PYTHON = {"bench_step.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py"}
+TESTED_PYTHON = {"bench_step.py", "bench_vote.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py"}
 
 
 def _run_script(name: str, args: list[str], monkeypatch, capsys) -> str:
@@ -36,6 +36,11 @@ def test_bench_step_runs_one_step_on_the_tiny_model(tiny_model_dir, tmp_path, mo
     out = _run_script("bench_step.py", ["--steps", "1", f"model.path={tiny_model_dir}", f"run_dir={tmp_path}",
                                         *TINY_OVERRIDES], monkeypatch, capsys)
     assert "SRT step: 2 prompts x 4 samples" in out and "generation tokens/s" in out
+
+
+def test_bench_vote_runs_small(monkeypatch, capsys):
+    out = _run_script("bench_vote.py", ["--runs", "1", "--prompts", "2", "--samples", "4"], monkeypatch, capsys)
+    assert "vote 2 x 4 math answers: median" in out and "one group of 8 adversarial answers" in out
 
 
 @pytest.fixture(scope="module")

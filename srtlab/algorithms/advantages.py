@@ -7,7 +7,7 @@ carries no learning signal, so it gets an advantage of exactly 0 (not a rounding
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

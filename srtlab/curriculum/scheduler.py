@@ -1,21 +1,21 @@
 """The curriculum scheduler: a Lightning callback that climbs Reasoning Gym tasks through difficulty levels.
 
 It owns the current level of each task and hands the datamodule the training mixture for it
-(``PromptDataModule.set_mixture``): the current level, or with ``earlier_share > 0`` a blend of the
-current and earlier levels (to limit forgetting). After every step it reads that step's statistics of
-the current level's prompts from the step's outputs (majority share, gold accuracy, answer rate: the
-reward mix's ``level_stats``, measured on the samples of the step, before it trains on them) and asks the advance rule (``srtlab.curriculum.rules``) whether to
-move up. When a task moves up, the model keeps training from where it is (the SRT paper's multi-level
-climb), optionally after ``gt_warmup_steps`` steps of ground-truth reward on the previous level
-(``curriculum/gt_warmup`` is 1 on those steps; off by default).
+(``PromptDataModule.set_mixture``): the current level, or with ``earlier_share > 0`` a blend of the current
+and earlier levels (to limit forgetting). After every step it reads that step's statistics of the current
+level's prompts from the step's outputs (majority share, gold accuracy, answer rate: the reward mix's
+``level_stats``, measured on the samples of the step, before it trains on them) and asks the advance rule
+(``srtlab.curriculum.rules``) whether to move up. When a task moves up, the model keeps training from where
+it is (the SRT paper's multi-level climb), optionally after ``gt_warmup_steps`` steps of ground-truth reward
+on the previous level (``curriculum/gt_warmup`` is 1 on those steps; off by default).
 
-At the start, at every level change and at the end it evaluates mean@k / maj@k on held-out prompts
-of every level seen so far and the next one (every level at start and end), and keeps them in
+At the start, at every level change and at the end it evaluates mean@k / maj@k on held-out prompts of every
+level seen so far and the next one (every level at start and end), and keeps them in
 ``<run>/curriculum/levels.csv`` and ``climb.png`` (the samples in ``curriculum/samples/``).
 
-Resume is exact: the levels, the rule's history and the evaluation rows are the callback's
-``state_dict``, saved in checkpoints by Lightning; the batch of step s is a pure function of
-(seed, s, mixture) and the mixture a function of that state.
+Resume is exact: the levels, the rule's history and the evaluation rows are the callback's ``state_dict``,
+saved in checkpoints by Lightning; the batch of step s is a pure function of (seed, s, mixture) and the
+mixture a function of that state.
 """
 
 from __future__ import annotations

@@ -46,6 +46,7 @@ MAX_LOG10 = 10_000  # numbers sympy would build may have at most this many digit
 MAX_NODES = 300  # sympy nodes in one parsed answer
 _GROWING = (factorial, factorial2, subfactorial, gamma, binomial)  # about n! for argument n
 _UNEVALUATED = (Sum, Product, Integral, Limit, Derivative)  # not answers; doit() may not terminate
+_WATCHDOG_SHOTS = 20  # re-raise this many times at most (a handler may swallow one)
 _WATCHDOG_REPEAT_S = 0.05  # re-raise this often in case library code swallowed the exception
 
 
@@ -68,7 +69,7 @@ def time_limit(seconds: float) -> Iterator[None]:
     def watchdog() -> None:
         if done.wait(seconds):
             return
-        while True:
+        for _ in range(_WATCHDOG_SHOTS):  # bounded: a thread that left the block is never hit for long
             with lock:
                 if done.is_set():
                     return
@@ -81,9 +82,16 @@ def time_limit(seconds: float) -> Iterator[None]:
     try:
         yield
     finally:
-        with lock:
-            done.set()
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, None)  # drop one set but not yet raised
+        # The watchdog must be stopped even when its exception lands inside this clause (between two
+        # bytecodes of it): otherwise it would go on firing into whatever this thread runs next.
+        while True:
+            try:
+                with lock:
+                    done.set()
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, None)  # drop one set, not yet raised
+                break
+            except ScoreTimeout:
+                continue
 
 
 def latex_problem(text: str) -> str | None:

@@ -71,8 +71,8 @@ def clean_answer(answer: str) -> str | None:
 def _last(pattern: re.Pattern[str], text: str, start: int = 0, end: int | None = None) -> re.Match[str] | None:
     """The last match of a non-backtracking pattern in ``text[start:end]`` (one pass)."""
     found = None
-    for found in pattern.finditer(text, start, len(text) if end is None else end):
-        pass
+    for match in pattern.finditer(text, start, len(text) if end is None else end):
+        found = match
     return found
 
 

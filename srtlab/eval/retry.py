@@ -48,7 +48,8 @@ def evaluate_retry(program: ReflectRetry, engine: RolloutEngine, prompts: list[P
     metrics = {"first": mean_or_nan([float(x) for x in first]), "reflect": mean_or_nan([float(x) for x in second]),
                "plain": mean_or_nan([float(x) for x in second_plain])}
     if cases:
-        metrics.update({"fixed": mean_or_nan([float(x) for x in fixed]), "plain_fixed": mean_or_nan([float(x) for x in plain_fixed]),
+        metrics.update({"fixed": mean_or_nan([float(x) for x in fixed]),
+                        "plain_fixed": mean_or_nan([float(x) for x in plain_fixed]),
                         "reflection_length": mean_or_nan([float(len(c)) for c in reflections.completion_ids])})
     rows, where = [], {case.attempt: c for c, case in enumerate(cases)}
     for b, p in enumerate(prompts):
@@ -91,7 +92,8 @@ class RetryEvaluation(L.Callback):
             return
         engine = pl_module.engine()
         sets: dict[str, list[Prompt]] = {}
-        for loader in trainer.val_dataloaders if isinstance(trainer.val_dataloaders, list) else [trainer.val_dataloaders]:
+        loaders = trainer.val_dataloaders
+        for loader in loaders if isinstance(loaders, list) else [loaders]:
             for batch in loader:
                 sets.setdefault(batch.source, []).extend(batch.prompts)
         metrics: dict[str, float] = {}

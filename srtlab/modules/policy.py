@@ -226,7 +226,8 @@ class PolicyModule(L.LightningModule):
 
         # 6. log, samples
         metrics = {**{f"train/{k}": v for k, v in r.metrics.items()}, **stats, **probe,
-                   "train/lr": self.optimizers().param_groups[0]["lr"], "train/truncated": r.finish_reasons.count("length") / len(r),
+                   "train/lr": self.optimizers().param_groups[0]["lr"],
+                   "train/truncated": r.finish_reasons.count("length") / len(r),
                    "time/generate": t1 - t0 - reward_s, "time/reward": reward_s, "time/train": t2 - t1,
                    "time/sync": t3 - t2,
                    "perf/tokens_per_s": sum(len(c) for c in r.completion_ids) / max(t1 - t0 - reward_s, 1e-9)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import torch
 
 from srtlab.eval.canonical import ScoreStats
@@ -53,8 +54,8 @@ class RewardMix:
         run = run or RunContext()
         # 1. what every source shares, computed once: the votes and the gold verdicts
         scoring = ScoreStats()  # answers the bounded comparison refused or timed out: counted, not waited for
-        ctx = RewardContext(votes=vote_groups(rollouts, scoring), gold=self.gold.verdicts(rollouts, scoring), step=run.step,
-                            seed=run.seed, stage=run.stage, logits=run.logits, engine=run.engine,
+        ctx = RewardContext(votes=vote_groups(rollouts, scoring), gold=self.gold.verdicts(rollouts, scoring),
+                            step=run.step, seed=run.seed, stage=run.stage, logits=run.logits, engine=run.engine,
                             micro_batch_prompts=run.micro_batch_prompts)
         # 2. every source, and the gold monitor when it is not a source
         outputs = {name: self._run(name, source, rollouts, ctx) for name, source in self.sources.items()}

@@ -1,15 +1,16 @@
 """Hugging Face ``generate`` engine, in process: a bf16 sampling copy of the policy (the default), or the
 policy itself.
 
-With ``dtype=null`` the engine samples with the policy module itself. With ``dtype="bfloat16"`` (the
-shipped default, configs/rollout/hf.yaml) it keeps a bf16 copy of the policy for sampling instead (measured on a 2-core AVX512-BF16 CPU: bf16 matmuls 3.4x
-faster) and receives the new weights tensor by tensor after each optimizer step, as vLLM does. The
-trainer then scores the samples with its own fp32 weights, as with any separate inference engine.
+With ``dtype=null`` the engine samples with the policy module itself. With ``dtype="bfloat16"`` (the shipped
+default, configs/rollout/hf.yaml) it keeps a bf16 copy of the policy for sampling instead (measured on a
+2-core AVX512-BF16 CPU: bf16 matmuls 3.4x faster) and receives the new weights tensor by tensor after each
+optimizer step, as vLLM does. The trainer then scores the samples with its own fp32 weights, as with any
+separate inference engine.
 
-The prompt is prefilled once per prompt and its KV cache copied G times, instead of prefilling the
-same prompt G times (what ``num_return_sequences`` does); the completions are then sampled by
-``model.generate`` continuing from that cache. The last prompt token is left out of the prefill so
-that ``generate`` has one new token to start from.
+The prompt is prefilled once per prompt and its KV cache copied G times, instead of prefilling the same
+prompt G times (what ``num_return_sequences`` does); the completions are then sampled by ``model.generate``
+continuing from that cache. The last prompt token is left out of the prefill so that ``generate`` has one
+new token to start from.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, Sta
 
 from srtlab.eval.extract import extract_answer
 from srtlab.models.forward import CACHE, left_pad
-from srtlab.seeds import seed_for
 from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
+from srtlab.seeds import seed_for
 from srtlab.types import Prompt, RolloutBatch
 
 

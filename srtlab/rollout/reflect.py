@@ -178,7 +178,8 @@ class ReflectRetry:
             attempts.completion_ids[c.attempt], ended(attempts.completion_ids[c.attempt]), []) for c in cases]
         reflect_ctx = [b + t[0] for b, t in zip(before, turns)]  # [C] prompt + attempt + instruction
         reflect_sampling = replace(sampling, max_new_tokens=self.reflect_max_new_tokens)
-        reflections = engine.generate(case_prompts, n, reflect_sampling, seed=seed_for(seed, "program", 1), prompt_ids=reflect_ctx)
+        reflections = engine.generate(case_prompts, n, reflect_sampling, seed=seed_for(seed, "program", 1),
+                                      prompt_ids=reflect_ctx)
         retry_ctx = [reflect_ctx[i // n] + continue_after(r, ended(r), turns[i // n][1])
                      for i, r in enumerate(reflections.completion_ids)]
         retries = engine.generate([case_prompts[i // n] for i in range(len(retry_ctx))], 1, sampling,

@@ -74,8 +74,9 @@ def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
     """Yield ``(base model name, tensor)`` one at a time: LoRA merged out of place, shards gathered.
 
     Tied tensors (``lm_head.weight`` tied to the embeddings) are sent under each name: vLLM's in-place
-    reload counts a layer as reloaded only when its own weight arrives. The tensors are detached; a LoRA-merged or gathered tensor is a fresh one, the others are views of
-    the trained weights, so a receiver must copy them, never keep them.
+    reload counts a layer as reloaded only when its own weight arrives. The tensors are detached; a
+    LoRA-merged or gathered tensor is a fresh one, the others are views of the trained weights, so a
+    receiver must copy them, never keep them.
     """
     lora = _lora_layers(model)
     for name, tensor in model.state_dict(keep_vars=True).items():

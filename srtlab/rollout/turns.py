@@ -38,7 +38,8 @@ def continue_after(turn: list[int], finished: bool, next_turn: list[int]) -> lis
     return (turn[:-1] if finished and turn else turn) + next_turn
 
 
-def episode(reflection: list[int], finished: bool, retry_turn: list[int], retry: list[int]) -> tuple[list[int], list[int]]:
+def episode(reflection: list[int], finished: bool, retry_turn: list[int],
+            retry: list[int]) -> tuple[list[int], list[int]]:
     """-> (completion ids, loss mask) of one reflection and its retry.
 
     The completion is reflection, retry instruction turn, retry. The mask is 1 on the first

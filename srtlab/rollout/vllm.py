@@ -31,8 +31,8 @@ import torch
 
 from srtlab.eval.extract import extract_answer
 from srtlab.models.load import resolve_model_path
-from srtlab.seeds import seed_for
 from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
+from srtlab.seeds import seed_for
 from srtlab.types import Prompt, RolloutBatch
 
 log = logging.getLogger(__name__)

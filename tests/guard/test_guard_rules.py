@@ -2,8 +2,15 @@
 
 import pytest
 
-from srtlab.guard.rules import (AnswerConcentration, AnswerRateDrop, EntropyCollapse, LengthDrift, MajorityCollapse,
-                                RewardDivergence, TopAnswerShare)
+from srtlab.guard.rules import (
+    AnswerConcentration,
+    AnswerRateDrop,
+    EntropyCollapse,
+    LengthDrift,
+    MajorityCollapse,
+    RewardDivergence,
+    TopAnswerShare,
+)
 from srtlab.guard.signals import History
 
 RULES = [MajorityCollapse(), AnswerConcentration(), EntropyCollapse(), LengthDrift(), AnswerRateDrop(),

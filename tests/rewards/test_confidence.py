@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 
-from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
-
-from srtlab.modules.policy import PolicyModule
 from conftest import ctx_for
+from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+from srtlab.modules.policy import PolicyModule
 from srtlab.rewards.base import RunContext
 from srtlab.rewards.confidence import Confidence, normalize_in_groups, sequence_confidence, token_statistics
 from srtlab.rewards.mix import RewardMix

@@ -6,10 +6,10 @@ import pytest
 import reasoning_gym
 import torch
 
+from conftest import make_batch
 from srtlab.eval import gold as ground_truth
 from srtlab.eval.gold import is_correct
 from srtlab.rewards.ground_truth import GroundTruth
-from conftest import make_batch
 from srtlab.types import Prompt
 
 NAN = math.nan

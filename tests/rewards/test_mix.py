@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
+from conftest import make_batch
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.rewards.mix import RewardMix
 from srtlab.rewards.vote import MajorityVote
-from conftest import make_batch
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 
 NAN = math.nan

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import make_batch
-from conftest import ctx_for
+from conftest import ctx_for, make_batch
 from srtlab.rewards.base import RunContext
 from srtlab.rewards.mix import RewardMix
 from srtlab.rewards.self_judge import SelfJudge

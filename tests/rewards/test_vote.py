@@ -5,11 +5,10 @@ import math
 import pytest
 import torch
 
-from srtlab.rewards.base import RewardSource
-from conftest import ctx_for
+from conftest import ctx_for, make_batch
 from srtlab.eval.votes import vote_groups
+from srtlab.rewards.base import RewardSource
 from srtlab.rewards.vote import MajorityVote
-from conftest import make_batch
 from srtlab.types import Prompt
 
 NAN = math.nan

@@ -9,10 +9,9 @@ import torch
 
 from conftest import PARITY_REWARD, make_tokenizer
 from srtlab.eval.extract import extract_answer
-from srtlab.rewards.ground_truth import GroundTruth
-from srtlab.rollout.engine import SamplingSettings
 from srtlab.eval.retry import evaluate_retry
-from srtlab.rollout.engine import render_prompts
+from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.rollout.engine import SamplingSettings, render_prompts
 from srtlab.rollout.hf import HFEngine
 from srtlab.rollout.reflect import ReflectRetry
 from srtlab.rollout.turns import continue_after, episode, turn_ids, turn_text
