@@ -183,3 +183,46 @@ def test_kl_penalty_loss() -> None:
     # seq_mean_token_mean: mean(0.5/2, 0) = 0.125 -> * 0.1 = 0.0125
     out = kl_penalty_loss(logp, ref, mask, coef=0.1, agg="seq_mean_token_mean")
     assert out.item() == pytest.approx(0.0125, abs=1e-7)
+
+
+# -- importance correction and dual clip (hand-worked) ------------------------------------------------
+def test_importance_weights_by_hand() -> None:
+    from srtlab.algorithms.losses import importance_weights
+
+    # log(old) - log(sampler) = [ln 0.5, ln 3, ln 1.5 | ln 4, (padding)] -> w = [0.5, 3, 1.5 | 4, -]
+    old = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, 0.0, 0.0]])
+    sampler = old - torch.log(torch.tensor([[0.5, 3.0, 1.5], [4.0, 1.0, 1.0]]))
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    w, keep = importance_weights(old, sampler, mask, "tis", cap=2.0)
+    assert_close(w[mask], torch.tensor([0.5, 2.0, 1.5, 2.0]))  # truncated at C = 2
+    assert keep.tolist() == mask.tolist()
+    w, keep = importance_weights(old, sampler, mask, "mis", cap=2.0)
+    assert_close(w, torch.ones_like(w))
+    assert keep.tolist() == [[True, False, True], [False, False, False]]  # ratios 3 and 4 masked out
+    w, keep = importance_weights(old, sampler, mask, "none", cap=2.0)
+    assert_close(w, torch.ones_like(w)) and keep.tolist() == mask.tolist()
+    with pytest.raises(ValueError, match="is_correction='foo'"):
+        importance_weights(old, sampler, mask, "foo", cap=2.0)
+
+
+def test_token_weights_scale_the_loss_and_its_gradient() -> None:
+    logprobs, old, adv, mask = ratio_one_batch()
+    weights = torch.tensor([[0.5, 2.0, 1.0], [3.0, 9.0, 9.0]])
+    loss, _ = policy_gradient_loss(logprobs, old, adv, mask, token_weights=weights)
+    # per-token -A * w: seq0 [-1, -4, -2], seq1 [3] -> token_mean (-7 + 3) / 4 = -1
+    assert loss.item() == pytest.approx(-1.0)
+    loss.backward()
+    assert_close(logprobs.grad, torch.tensor([[-0.25, -1.0, -0.5], [0.75, 0.0, 0.0]]))
+
+
+def test_dual_clip_bounds_negative_advantage_losses() -> None:
+    # ratio e^2 = 7.39 with A = -1: PPO's loss is max(7.39, clip(7.39)=1.2) * 1 = 7.39; dual clip c=3 -> 3
+    logprobs = torch.tensor([[2.0, 0.0]], requires_grad=True)
+    old, adv, mask = torch.zeros(1, 2), torch.tensor([-1.0]), torch.ones(1, 2, dtype=torch.bool)
+    plain, _ = policy_gradient_loss(logprobs, old, adv, mask)
+    dual, m = policy_gradient_loss(logprobs, old, adv, mask, dual_clip=3.0)
+    assert plain.item() == pytest.approx((math.exp(2.0) + 1.0) / 2)
+    assert dual.item() == pytest.approx((3.0 + 1.0) / 2)
+    assert m["dual_clip_fraction"].item() == pytest.approx(0.5)
+    dual.backward()
+    assert logprobs.grad[0, 0].item() == 0.0  # the bounded token carries no gradient
