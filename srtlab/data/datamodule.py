@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from srtlab.data.prompts import PromptFormat
-from srtlab.data.sources import DatasetSource, ReasoningGymSource, check_task, keep_labelled, read_labels
+from srtlab.data.sources import (DatasetSource, ReasoningGymSource, check_task, keep_labelled, read_labels,
+                                 reads_builtins_only)
 from srtlab.types import Prompt, PromptBatch
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts use seed + this, so they differ from training
@@ -106,9 +107,11 @@ class PromptDataModule(L.LightningDataModule):
         self.source = source
         if source is None:
             check_task(task, dict(task_config))  # fail now, before any model loads
-        else:  # read a prompt of each split now: a bad path, field or filter fails before any model loads
-            for split in ("val", "train"):
+        elif not reads_builtins_only(source):  # read a prompt of each split now: a bad path, field or filter
+            for split in ("val", "train"):      # fails before any model loads
                 task = source(config=dict(task_config), size=1, split=split, name=task).name
+        else:  # built-in sets are known to read; they are fetched at setup, so composing a config stays offline
+            task = task or source.keywords["path"]
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size}; must be >= 1")
         self.task, self.task_config, self.prompt = task, dict(task_config or {}), prompt

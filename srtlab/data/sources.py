@@ -9,13 +9,14 @@ on, even for tasks with few distinct questions (single-digit products have 100).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from srtlab.data.files import FieldMap, read_rows
+from srtlab.data.files import BUILTINS, FieldMap, read_rows
 from srtlab.data.prompts import PromptFormat
 from srtlab.types import Prompt
 
@@ -166,6 +167,12 @@ class DatasetSource:
 
 
 JsonlSource = DatasetSource  # the name it had when it read jsonl held-out sets only
+
+
+def reads_builtins_only(source: Callable[..., DatasetSource]) -> bool:
+    """Whether a ``DatasetSource`` partial reads built-in sets only (``path`` and ``val_path``)."""
+    keywords = getattr(source, "keywords", {})
+    return keywords.get("path") in BUILTINS and keywords.get("val_path") in (None, *BUILTINS)
 
 
 def read_labels(path: str | Path) -> dict[str, dict[str, Any]]:
