@@ -60,8 +60,8 @@ def _write_math12k(out: Path) -> Path:
     from datasets import concatenate_datasets
 
     held_out = set(_load_json(builtin_file("math500"))["problem"])
-    rows = concatenate_datasets([_load_json(builtin_file("math_train")).remove_columns(["type"]),
-                                 _load_json(builtin_file("math_test")).remove_columns(["type", "idx"])])
+    rows = concatenate_datasets([_load_json(builtin_file("math_train")),
+                                 _load_json(builtin_file("math_test")).remove_columns(["idx"])])
     return _to_jsonl(rows.filter(lambda r: r["problem"] not in held_out), out)
 
 

@@ -52,7 +52,8 @@ def test_gold_answers_from_answer_gsm8k_and_boxed_solutions():
     assert gold_of(" 42 ", from_solution=False) == "42"
     nested = r"So $x = \boxed{1}$ first, and finally $\boxed{\frac{\sqrt{2}}{2}}$."
     assert gold_of(nested, from_solution=True) == r"\frac{\sqrt{2}}{2}"
-    assert gold_of(r"$\boxed{\left( 3, \frac{\pi}{2} \right)}.$", from_solution=True) == r"\left( 3, \frac{\pi}{2} \right)"
+    point = r"\left( 3, \frac{\pi}{2} \right)"
+    assert gold_of(rf"$\boxed{{{point}}}.$", from_solution=True) == point
     assert gold_of("no box here", from_solution=True) is None and gold_of(None, from_solution=True) is None
 
 
@@ -100,6 +101,7 @@ def test_math12k_is_math_train_and_test_less_math500_with_integer_levels(tmp_pat
     _jsonl(tmp_path / "data" / "math500.jsonl", [{"problem": "e", "answer": "e", "level": 3}])
     rows = [json.loads(x) for x in builtin_file("math12k").read_text().splitlines()]
     assert [(r["problem"], r["level"]) for r in rows] == [("a", 1), ("b", 5), ("c", None), ("d", 2)]
+    assert {r["type"] for r in rows} == {"Algebra"} and "idx" not in rows[0]
     assert [p.answer for p in DatasetSource("math12k", config={"level": 5})] == ["b"]
 
 
@@ -139,3 +141,15 @@ def test_held_out_file_and_levels_through_the_datamodule(files, tmp_path):
 def test_a_bad_source_fails_when_the_datamodule_is_built(tmp_path):
     with pytest.raises(ValueError, match="no question column"):
         _datamodule(_jsonl(tmp_path / "x.jsonl", [{"text": "t"}]))
+
+
+def test_built_in_configs_compose_offline(tmp_path, monkeypatch):
+    """Instantiating data=math12k / gsm8k (what check_config does) fetches nothing; setup does."""
+    from conftest import compose_config
+    from hydra.utils import instantiate
+
+    monkeypatch.setenv("SRTLAB_CACHE", str(tmp_path / "empty"))
+    for data in ("math12k", "gsm8k"):
+        dm = instantiate(compose_config("fit", [f"data={data}"]).data, _convert_="all")
+        assert dm.task == data and dm.train is None
+    assert not (tmp_path / "empty").exists()

@@ -4,10 +4,11 @@ import csv
 import json
 
 from conftest import PARITY_REWARD
+
 from srtlab.plot import read_metrics
 from srtlab.train import fit
 
-LEVELS = '[{name: "Level 1", where: {level: 1}}, {name: "Level 2", where: {level: 2}}, {name: "Level 3", where: {level: 3}}]'
+LEVELS = "[" + ", ".join(f'{{name: "Level {i}", where: {{level: {i}}}}}' for i in (1, 2, 3)) + "]"
 
 
 def test_climb_of_dataset_levels(tiny_cfg, tmp_path):
