@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import torch
-from conftest import PARITY_REWARD
 from transformers import AutoModelForCausalLM
 
+from conftest import PARITY_REWARD
 from srtlab.export import export_checkpoint
 from srtlab.train import build, fit
 

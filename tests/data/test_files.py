@@ -145,8 +145,9 @@ def test_a_bad_source_fails_when_the_datamodule_is_built(tmp_path):
 
 def test_built_in_configs_compose_offline(tmp_path, monkeypatch):
     """Instantiating data=math12k / gsm8k (what check_config does) fetches nothing; setup does."""
-    from conftest import compose_config
     from hydra.utils import instantiate
+
+    from conftest import compose_config
 
     monkeypatch.setenv("SRTLAB_CACHE", str(tmp_path / "empty"))
     for data in ("math12k", "gsm8k"):

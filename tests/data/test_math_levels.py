@@ -4,7 +4,6 @@ import csv
 import json
 
 from conftest import PARITY_REWARD
-
 from srtlab.plot import read_metrics
 from srtlab.train import fit
 
