@@ -118,9 +118,9 @@ class DatasetSource:
     answer_field: str | None = None  # None: answer, else the last \boxed{} of solution, else no gold
 
     def __post_init__(self) -> None:
-        path = self.val_path if self.split == "val" and self.val_path else self.path
+        path, part = self._rows_to_read()
         self.name = self.name or Path(self.path).stem
-        rows = read_rows(path, "test" if self.split == "val" else self.split)
+        rows = read_rows(path, part)
         where, fields = f"data path {path!r}", FieldMap(self.question_field, self.answer_field)
         fields.check(list(rows.column_names), where)
         if self.config:
@@ -143,6 +143,13 @@ class DatasetSource:
             raise ValueError(f"no {self.split} prompts in {where} with data.task_config={self.config} once the "
                              f"held-out questions are left out")
         self.prompts = [self._to_prompt(i, *k) for i, k in enumerate(kept)]
+
+    def _rows_to_read(self) -> tuple[str, str]:
+        """(path, split of a saved DatasetDict or hub set): held-out rows come from ``val_path``'s test split,
+        or without one from the training rows (which then leave them out); others from ``split``."""
+        if self.split != "val":
+            return self.path, self.split
+        return (self.val_path, "test") if self.val_path else (self.path, "train")
 
     def _matches(self, columns: list[str], where: str):
         missing = [k for k in self.config if k not in columns]

@@ -154,3 +154,17 @@ def test_built_in_configs_compose_offline(tmp_path, monkeypatch):
         dm = instantiate(compose_config("fit", [f"data={data}"]).data, _convert_="all")
         assert dm.task == data and dm.train is None
     assert not (tmp_path / "empty").exists()
+
+
+def test_saved_dataset_dict_trains_on_train_and_holds_out_test(tmp_path):
+    import datasets
+
+    split = lambda qs: datasets.Dataset.from_list([{"question": q, "answer": "1"} for q in qs])
+    datasets.DatasetDict({"train": split(["a", "b", "c"]), "test": split(["t"])}).save_to_disk(str(tmp_path / "dd"))
+    dm = _datamodule(tmp_path / "dd", val_path=tmp_path / "dd", val_size=5)
+    dm.setup()
+    assert dm.val["dd"].questions() == {"t"} and dm.train.questions() == {"a", "b", "c"}
+    alone = _datamodule(tmp_path / "dd", val_size=1)  # no val_path: held out from the training rows
+    alone.setup()
+    assert len(alone.val["dd"]) == 1 and not alone.val["dd"].questions() & alone.train.questions()
+    assert alone.val["dd"].questions() | alone.train.questions() == {"a", "b", "c"}
