@@ -100,7 +100,7 @@ def read_rows(path: str, split: str = "train"):
             raise ValueError(f"data path {path!r}: accepted files end in {', '.join(kinds)} "
                              "(or give a saved-dataset folder, a built-in name or a hub name)")
         return datasets.load_dataset(kinds[p.suffix], data_files=str(p), split="train")
-    if re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", path):  # a hub name (needs the network)
+    if p.suffix not in kinds and re.fullmatch(r"[\w.-]+/[\w.-]+(:[\w.-]+)?", path):  # a hub name (network)
         name, _, subset = path.partition(":")
         return datasets.load_dataset(name, subset or None, split=split)
     raise FileNotFoundError(f"data path {path!r} is neither a file, a saved-dataset folder, a hub name "

@@ -20,6 +20,8 @@ from srtlab.data.files import BUILTINS, FieldMap, read_rows
 from srtlab.data.prompts import PromptFormat
 from srtlab.types import Prompt
 
+ANSWER_KINDS = ("math", "text")  # how answers are compared: math-verify, or the normalised string
+
 
 def check_task(task: str, config: dict[str, Any]) -> None:
     """Fail fast on an unknown task or a config key the task does not have."""
@@ -118,6 +120,8 @@ class DatasetSource:
     answer_field: str | None = None  # None: answer, else the last \boxed{} of solution, else no gold
 
     def __post_init__(self) -> None:
+        if self.answer_kind not in ANSWER_KINDS:
+            raise ValueError(f"data.source.answer_kind={self.answer_kind!r}; accepted: {', '.join(ANSWER_KINDS)}")
         path, part = self._rows_to_read()
         self.name = self.name or Path(self.path).stem
         rows = read_rows(path, part)

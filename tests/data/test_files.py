@@ -84,6 +84,10 @@ def test_missing_fields_name_the_field_and_the_columns(tmp_path):
 def test_bad_paths_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl.*built-in set"):
         DatasetSource(str(tmp_path / "nope.jsonl"))
+    with pytest.raises(FileNotFoundError, match="sub/nope.jsonl"):  # not taken for a hub name
+        DatasetSource("sub/nope.jsonl")
+    with pytest.raises(ValueError, match="answer_kind='latex'; accepted: math, text"):
+        DatasetSource("x.jsonl", answer_kind="latex")
     (tmp_path / "rows.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match=r"rows.csv.*accepted files end in .jsonl, .json, .parquet"):
         DatasetSource(str(tmp_path / "rows.csv"))
