@@ -16,8 +16,8 @@ commands:
   eval      evaluate the base model or a checkpoint (`ckpt_path=...`) on the held-out sets
   label     frozen-teacher labels: majority of label.k samples per training prompt (for reward=teacher)
   prepare   fetch and convert the built-in model and data once (fit/eval do it on first use too)
-  plot      plot a run's metrics: `python -m srtlab plot RUN_DIR [METRIC ...]`
   export    a checkpoint as a Hugging Face model folder: `python -m srtlab export CKPT OUT_DIR [--adapter-only]`
+  plot      plot a run's metrics: `python -m srtlab plot RUN_DIR [METRIC ...]`
 """
 
 
@@ -65,12 +65,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"model {name}: {prepare_builtin(name)}")
         for name in BUILTINS:
             print(f"data {name}: {builtin_file(name)}")
-    elif command == "plot":
-        from srtlab.plot import plot_run
-
-        if not rest:
-            raise SystemExit("usage: python -m srtlab plot RUN_DIR [METRIC ...]")
-        print(plot_run(rest[0], rest[1:] or None))
     elif command == "export":
         import argparse
 
@@ -86,6 +80,12 @@ def main(argv: list[str] | None = None) -> None:
             print(export_checkpoint(args.ckpt, args.out_dir, adapter_only=args.adapter_only))
         except (ValueError, FileNotFoundError) as err:
             raise SystemExit(f"export error: {err}") from None
+    elif command == "plot":
+        from srtlab.plot import plot_run
+
+        if not rest:
+            raise SystemExit("usage: python -m srtlab plot RUN_DIR [METRIC ...]")
+        print(plot_run(rest[0], rest[1:] or None))
     else:
         raise SystemExit(f"unknown command {command!r}\n\n{USAGE}")
 
