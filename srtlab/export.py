@@ -1,0 +1,76 @@
+"""Export a fit checkpoint as a Hugging Face model folder that transformers and vLLM load.
+
+``python -m srtlab export CKPT OUT_DIR [--adapter-only]`` writes the policy's weights (a LoRA adapter
+merged into its base model, or with ``--adapter-only`` the adapter alone, which peft and vLLM's LoRA
+support load on top of the base), the tokenizer, and the run's ``config.yaml`` beside them, so a
+trained model can be evaluated with any harness. The checkpoint is read with ``weights_only=True``
+and the run's config says how to rebuild the model (``model.path``, ``model.dtype``, ``model.lora``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from srtlab.models.load import LoraSettings, load_model, load_tokenizer
+
+POLICY_PREFIX = "model."  # PolicyModule keeps the policy as ``self.model``
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """OUT_DIR must be an empty or missing folder whose nearest existing parent is writable."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"export OUT_DIR={str(out_dir)!r} exists and is not an empty folder; "
+                         "give a new or empty folder")
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"export OUT_DIR={str(out_dir)!r}: {str(parent)!r} is not writable")
+    return out
+
+
+def run_config(ckpt: Path):
+    """The ``config.yaml`` of the run that wrote ``ckpt`` (``<run>/checkpoints/<file>.ckpt``)."""
+    from omegaconf import OmegaConf
+
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    file = run / "config.yaml"
+    if not file.is_file():
+        raise FileNotFoundError(f"export CKPT={str(ckpt)!r}: no config.yaml in its run folder {str(run)!r}; "
+                                "export checkpoints written by `python -m srtlab fit`")
+    return OmegaConf.load(file), file
+
+
+def policy_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The policy's tensors from a Lightning checkpoint file, without the ``model.`` prefix."""
+    if not ckpt.is_file():
+        hint = " (a sharded FSDP checkpoint folder: consolidate it first)" if ckpt.is_dir() else ""
+        raise FileNotFoundError(f"export CKPT={str(ckpt)!r} is not a checkpoint file{hint}")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    return {k[len(POLICY_PREFIX):]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
+
+
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter_only: bool = False) -> Path:
+    """Write the Hugging Face folder of ``ckpt`` at ``out_dir`` (checked before anything loads)."""
+    out, ckpt = check_out_dir(out_dir), Path(ckpt).expanduser()
+    cfg, config_file = run_config(ckpt)
+    lora = LoraSettings(**{k: v for k, v in cfg.model.lora.items() if k != "_target_"})
+    if adapter_only and lora.r == 0:
+        raise ValueError(f"export --adapter-only: the run of {str(ckpt)!r} trained all weights (model.lora.r=0); "
+                         "there is no adapter to export")
+    model = load_model(cfg.model.path, cfg.model.dtype, lora, cfg.model.trust_remote_code)
+    model.load_state_dict(policy_state(ckpt), strict=True)
+    if lora.r > 0 and not adapter_only:
+        model = model.merge_and_unload()
+    tmp = out.with_name(out.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    load_tokenizer(cfg.model.path, cfg.model.trust_remote_code).save_pretrained(tmp)
+    shutil.copy(config_file, tmp / "config.yaml")
+    if out.exists():
+        out.rmdir()  # empty, checked above
+    os.replace(tmp, out)  # a killed export leaves no half folder at OUT_DIR
+    return out
