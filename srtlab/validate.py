@@ -108,14 +108,14 @@ def _rules() -> dict[str, Check]:
     from lightning.fabric.connector import _PRECISION_INPUT_STR
 
     from srtlab.algorithms.advantages import ADVANTAGE_ESTIMATORS
-    from srtlab.algorithms.losses import AGGREGATIONS
+    from srtlab.algorithms.losses import AGGREGATIONS, IS_CORRECTIONS
     from srtlab.models.load import DTYPES
 
     return {
         # run
         "name": text(), "seed": integer(0), "resume": boolean(), "eval_before": boolean(), "eval_after": boolean(),
         "checkpoint_every": integer(1), "micro_batch_prompts": integer(1), "threads": integer(1, null=True),
-        "ckpt_path": text(null=True),
+        "ckpt_path": text(null=True), "samples_every": integer(0),
         # model
         "model.path": text(), "model.dtype": choice(DTYPES), "model.trust_remote_code": boolean(),
         "model.activation_checkpointing": boolean(), "model.lora.r": integer(0),
@@ -124,7 +124,7 @@ def _rules() -> dict[str, Check]:
         "rollout.n": integer(2), "rollout.val_n": integer(1), "rollout.engine.prompts_per_call": integer(1),
         **_sampling("rollout.sampling"), **_sampling("rollout.val_sampling"),  # see check_table
         # data
-        "data.task": text(), "data.batch_size": integer(1), "data.train_size": integer(1),
+        "data.task": text(null=True), "data.batch_size": integer(1), "data.train_size": integer(1),
         "data.val_size": integer(1), "data.val_batch_size": integer(1), "data.seed": integer(0),
         "data.train_ids_from": text(null=True),
         # reward (the weights: see _check_weights)
@@ -133,7 +133,9 @@ def _rules() -> dict[str, Check]:
         "algorithm.advantage": choice(ADVANTAGE_ESTIMATORS), "algorithm.loss_agg": choice(AGGREGATIONS),
         "algorithm.clip_eps": real(0, 1, open_low=True, open_high=True),
         "algorithm.clip_eps_high": real(0, open_low=True, null=True), "algorithm.kl_coef": real(0),
-        "algorithm.max_tokens": integer(1, null=True),
+        "algorithm.max_tokens": integer(1, null=True), "algorithm.ppo_epochs": integer(1),
+        "algorithm.mini_batches": integer(1), "algorithm.is_correction": choice(IS_CORRECTIONS),
+        "algorithm.is_cap": real(1), "algorithm.dual_clip": real(1, open_low=True, null=True),
         # optim
         "optim.lr": real(0, open_low=True), "optim.weight_decay": real(0), "optim.betas": unit_pair(),
         "optim.warmup_steps": integer(0), "optim.grad_clip": real(0),
@@ -337,9 +339,22 @@ def check_paths(cfg: DictConfig) -> list[str]:
 
 
 # -- the pass -----------------------------------------------------------------------------------------
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys whose value is Hydra's mandatory marker ``???`` (read unresolved: no resolver runs)."""
+    if isinstance(node, dict):
+        return [k for key, v in node.items() if key != "hydra" for k in _missing_keys(v, f"{prefix}{key}.")]
+    if isinstance(node, list):
+        return [k for i, v in enumerate(node) for k in _missing_keys(v, f"{prefix}{i}.")]
+    return [prefix.rstrip(".")] if node == "???" else []
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError (one line per bad value) unless every value of ``cfg`` is usable."""
     try:
+        missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
+        if missing:
+            raise ConfigError("\n".join(f"{k}=???; accepted: a value (this config has no default for it)"
+                                        for k in missing))
         weights = _select(cfg, "reward.weights")
         errors = check_table(cfg) + check_weights({} if weights is _ABSENT or weights is None else weights)
         if not errors:

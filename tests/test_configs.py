@@ -76,6 +76,10 @@ def test_every_group_option_composes(group, option, tiny_cfg, tmp_path):
         labels = tmp_path / "labels.jsonl"
         labels.write_text('{"id": "letter_counting/train/0", "label": "1"}\n')
         extra = [f"reward.sources.teacher.labels={labels}"]
+    if (group, option) == ("data", "file"):  # your own file: its path is mandatory
+        rows = tmp_path / "rows.jsonl"
+        rows.write_text("".join(f'{{"question": "{i} + 1?", "answer": "{i + 1}"}}\n' for i in range(80)))
+        extra = [f"data.source.path={rows}"]
     cfg = tiny_cfg(f"{ADDED_AS.get(group, group)}={option}", *extra)
     check_config(cfg)
 

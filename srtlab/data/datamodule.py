@@ -22,8 +22,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from srtlab.data.prompts import PromptFormat
-from srtlab.data.sources import (DatasetSource, ReasoningGymSource, check_task, keep_labelled, read_labels,
-                                 reads_builtins_only)
+from srtlab.data.sources import (
+    DatasetSource,
+    ReasoningGymSource,
+    check_task,
+    keep_labelled,
+    read_labels,
+    reads_builtins_only,
+)
 from srtlab.types import Prompt, PromptBatch
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts use seed + this, so they differ from training
