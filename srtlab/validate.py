@@ -124,7 +124,7 @@ def _rules() -> dict[str, Check]:
         "rollout.n": integer(2), "rollout.val_n": integer(1), "rollout.engine.prompts_per_call": integer(1),
         **_sampling("rollout.sampling"), **_sampling("rollout.val_sampling"),  # see check_table
         # data
-        "data.task": text(null=True), "data.batch_size": integer(1), "data.train_size": integer(1),
+        "data.task": text(null=True), "data.batch_size": integer(1), "data.train_size": integer(1, null=True),
         "data.val_size": integer(1), "data.val_batch_size": integer(1), "data.seed": integer(0),
         "data.train_ids_from": text(null=True),
         # reward (the weights: see _check_weights)
