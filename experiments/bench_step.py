@@ -11,6 +11,12 @@ step (8 prompts x 8 samples on SmolLM2-135M, CPU). Any fit override can follow, 
 ``--engine vllm`` runs the same prompts and settings with the colocated vLLM engine (bf16 weights, as
 the HF engine's default sampling copy) and adds the engine's start-up time and the sync probe's
 largest log-prob difference (vLLM bf16 vs the fp32 trainer).
+
+Distance to the machine: at start it measures the CPU's bf16 and fp32 matmul FLOP/s and its memory
+bandwidth (or takes ``--peak-bf16``, ``--peak-fp32``, ``--bandwidth``), counts each stage's FLOPs and bytes
+from the step's real shapes (``srtlab.perf``) and prints, per stage, the roofline time
+``max(flops / peak, bytes / bandwidth)`` and the ratio measured / roofline. ``--profile DIR`` writes a
+torch profiler trace of one training pass and one generate call and prints their top operators.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from srtlab import config_dir
 from srtlab.algorithms.advantages import compute_advantages
 from srtlab.data.datamodule import PromptStream
 from srtlab.modules.policy import PolicyModule
+from srtlab.perf import ModelShape, generate_work, measure_bandwidth, measure_matmul_flops, train_work
 from srtlab.rollout.sync import LogprobProbe, policy_weights
 from srtlab.train import register_resolvers
 
@@ -40,6 +47,10 @@ def main() -> None:
                         help="train on the real rewards (unanimous groups are skipped, so steps get cheaper as the "
                              "model sharpens); by default rewards alternate 0/1 so every step trains all groups")
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="rollout engine (rollout=<engine>)")
+    parser.add_argument("--peak-bf16", type=float, help="bf16 matmul FLOP/s (default: measured)")
+    parser.add_argument("--peak-fp32", type=float, help="fp32 matmul FLOP/s (default: measured)")
+    parser.add_argument("--bandwidth", type=float, help="memory bandwidth, bytes/s (default: measured)")
+    parser.add_argument("--profile", metavar="DIR", help="write torch profiler traces of one step into DIR")
     parser.add_argument("overrides", nargs="*", help="fit config overrides")
     args = parser.parse_args()
     register_resolvers()
@@ -70,6 +81,9 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"generate": [], "reward": [], "train": [], "sync": [], "step": []}
     tokens_per_s, active, probe_diffs = [], [], []
+    works: dict[str, list] = {"generate": [], "train": []}
+    shape = ModelShape.of(module.model)
+    bf16_train = str(cfg.trainer.precision).startswith("bf16")
     for step in range(args.steps + 1):
         batch = next(stream)
         t0 = time.perf_counter()
@@ -94,10 +108,17 @@ def main() -> None:
             continue  # warm-up
         for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
             times[key].append(value)
+        lens = [[len(r.completion_ids[i]) for i in g] for g in r.groups()]
+        works["generate"].append(generate_work(shape, [len(p) for p in r.prompt_ids], r.n,
+                                               max(max(g) for g in lens)))
+        works["train"].append(train_work(shape, [len(p) for p in r.prompt_ids], lens))
         tokens_per_s.append(sum(len(c) for c in r.completion_ids) / (t1 - t0))
         active.append(stats["train/active_groups"])
 
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    limits = {"bf16": args.peak_bf16 or measure_matmul_flops(torch.bfloat16),
+              "fp32": args.peak_fp32 or measure_matmul_flops(torch.float32),
+              "bandwidth": args.bandwidth or measure_bandwidth()}
     engine_desc = (f"engine=vllm dtype={cfg.rollout.engine.dtype} enforce_eager={cfg.rollout.engine.enforce_eager}"
                    if args.engine == "vllm" else
                    f"engine=hf dtype={cfg.rollout.engine.dtype}, share_prefill={cfg.rollout.engine.share_prefill}")
@@ -112,6 +133,41 @@ def main() -> None:
               f"{' '.join(f'{d:.3f}' for d in probe_diffs)}")
     print(f"  groups trained (non-zero advantage) mean {statistics.mean(active):.2f}")
     print(f"  peak memory (max RSS) {peak_gib:.2f} GiB")
+    print(f"machine: bf16 matmul {limits['bf16'] / 1e12:.2f} TFLOP/s, fp32 {limits['fp32'] / 1e12:.2f} TFLOP/s, "
+          f"memory {limits['bandwidth'] / 1e9:.1f} GB/s")
+    rooflines = {}
+    for stage, peak in (("generate", limits["bf16"]), ("train", limits["bf16" if bf16_train else "fp32"])):
+        measured = statistics.median(times[stage])
+        work = works[stage][len(works[stage]) // 2]  # a typical step's shapes
+        floor = statistics.median(w.roofline_s(peak, limits["bandwidth"]) for w in works[stage])
+        rooflines[stage] = floor
+        print(f"  {stage:9s} {work.flops / 1e12:6.3f} TFLOP {work.bytes / 1e9:6.2f} GB  roofline {floor:6.3f} s  "
+              f"measured {measured:6.2f} s  ratio {measured / floor:5.1f}x")
+    step_floor, step_s = sum(rooflines.values()), statistics.median(times["step"])
+    print(f"  step      roofline {step_floor:.3f} s (generate + train)  measured {step_s:.2f} s"
+          f"  ratio {step_s / step_floor:.1f}x")
+    if args.profile:
+        profile(args.profile, engine, module, batch, cfg, sampling, autocast)
+
+
+def profile(folder: str, engine, module, batch, cfg, sampling, autocast) -> None:
+    """One generate call and one training pass under the torch profiler: traces and the top operators."""
+    from pathlib import Path
+
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as gen_prof:
+        r = engine.generate(batch.prompts, cfg.rollout.n, sampling, seed=0)
+    r.rewards = torch.arange(len(r), dtype=torch.float) % 2
+    adv = compute_advantages(cfg.algorithm.advantage, r.rewards, r.n)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as train_prof, autocast:
+        module.accumulate_gradients(r, adv, lambda loss: loss.backward())
+    for name, prof in (("generate", gen_prof), ("train", train_prof)):
+        prof.export_chrome_trace(str(Path(folder) / f"{name}.json"))
+        print(f"\ntop operators, {name} (trace: {folder}/{name}.json)")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

@@ -33,9 +33,12 @@ def test_every_python_script_has_a_smoke_test():
 
 
 def test_bench_step_runs_one_step_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    out = _run_script("bench_step.py", ["--steps", "1", f"model.path={tiny_model_dir}", f"run_dir={tmp_path}",
+    out = _run_script("bench_step.py", ["--steps", "1", "--peak-bf16", "1e12", "--peak-fp32", "3e11",
+                                        "--bandwidth", "2e10", "--profile", str(tmp_path / "prof"),
+                                        f"model.path={tiny_model_dir}", f"run_dir={tmp_path}",
                                         *TINY_OVERRIDES], monkeypatch, capsys)
     assert "SRT step: 2 prompts x 4 samples" in out and "generation tokens/s" in out
+    assert "ratio" in out and "roofline" in out and "TFLOP/s" in out
 
 
 def test_bench_vote_runs_small(monkeypatch, capsys):
