@@ -127,3 +127,27 @@ def ctx_for(batch, **fields):
     from srtlab.rewards.ground_truth import GroundTruth
 
     return RewardContext(votes=vote_groups(batch), gold=GroundTruth().verdicts(batch), **fields)
+
+
+def start_and_kill(cmd: list[str], run_dir: Path, cwd: Path, max_steps: int) -> int:
+    """Run a real ``python -m srtlab fit`` (this checkout's code), SIGKILL it just after its first checkpoint;
+    -> the global step that checkpoint holds (asserted strictly between 0 and ``max_steps``)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "tests")])}
+    env.pop("SRTLAB_COMMAND", None)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # let it run on past the checkpoint, so some work after it is lost
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < stopped_at < max_steps
+    return stopped_at

@@ -7,18 +7,14 @@ run), ``eval ckpt_path=`` really loading the weights, a fit with the majority vo
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import ClassVar
 
 import lightning as L
 import torch
 
-from conftest import PARITY_REWARD, TINY_OVERRIDES, compose_config
+from conftest import PARITY_REWARD, TINY_OVERRIDES, compose_config, start_and_kill
 from srtlab.plot import read_metrics
 from srtlab.train import evaluate, fit
 
@@ -83,18 +79,8 @@ def test_killed_run_resumes_exactly_under_defaults(tiny_model_dir, tmp_path):
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "srtlab", "fit", f"model.path={tiny_model_dir}", f"run_dir={killed}",
            *DEFAULTS, *PARITY_REWARD, *steps]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
-    env.pop("SRTLAB_COMMAND", None)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     last = killed / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # let it run on past the checkpoint, so some work after it is lost
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    stopped_at = torch.load(last, weights_only=True)["global_step"]
-    assert 0 < stopped_at < 8
+    start_and_kill(cmd, killed, tmp_path, max_steps=8)
 
     fit(_cfg(tiny_model_dir, killed, *PARITY_REWARD, *steps, "resume=true"))
     straight = tmp_path / "straight"

@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from conftest import PARITY_REWARD
+from conftest import PARITY_REWARD, start_and_kill
 from srtlab.plot import plot_run, read_metrics
 from srtlab.train import evaluate, fit
 
@@ -99,11 +99,7 @@ def test_tensorboard_logger_writes_events(tiny_cfg, tmp_path):
 
 def test_killed_run_resumes_and_matches(tiny_cfg, tmp_path, tiny_model_dir):
     """SIGKILL a real `python -m srtlab fit` after its first checkpoint, resume it, compare."""
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     from conftest import TINY_OVERRIDES
 
@@ -112,18 +108,8 @@ def test_killed_run_resumes_and_matches(tiny_cfg, tmp_path, tiny_model_dir):
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "srtlab", "fit", f"model.path={tiny_model_dir}", f"run_dir={killed}",
            *TINY_OVERRIDES, *PARITY_REWARD, *steps]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(
-                                os.path.abspath(__file__))), os.path.dirname(__file__)])})  # this checkout's code
     last = killed / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # let it run on past the checkpoint, so some work after it is lost
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    stopped_at = torch.load(last, weights_only=False)["global_step"]
-    assert 0 < stopped_at < 12
+    start_and_kill(cmd, killed, tmp_path, max_steps=12)
 
     fit(tiny_cfg(*PARITY_REWARD, *steps, "resume=true", run_dir=killed))
     straight = tmp_path / "straight"
