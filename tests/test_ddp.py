@@ -189,13 +189,14 @@ def _assert_same_as_one_process(one, two, model_dir):
     assert val and all(m2[k] == m1[k] for k in val)
 
 
-@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+@pytest.mark.parametrize("trainer", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])  # ~30 s each here
 def test_two_ranks_with_half_the_prompts_equal_one_process(trainer, one_process, tiny_model_dir, tmp_path):
     two = tmp_path / "two"
     _fit(tiny_model_dir, two, f"trainer={trainer}", *TWO)
     _assert_same_as_one_process(one_process, two, tiny_model_dir)
 
 
+@pytest.mark.slow  # two more two-process runs
 def test_two_ranks_resume_where_they_stopped(one_process, tiny_model_dir, tmp_path):
     """Stop two DDP ranks after step 1, resume to step 2: the same prompts per rank and the same weights."""
     run = tmp_path / "resumed"
