@@ -210,3 +210,45 @@ def test_two_ranks_resume_where_they_stopped(one_process, tiny_model_dir, tmp_pa
     a, b = torch.load(one_process / "rank0.pt"), torch.load(run / "rank0.pt")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+# -- the loss pass with several ranks, simulated in one process ---------------------------------------
+def test_ranks_agree_on_passes_and_scale_by_the_global_normaliser(monkeypatch):
+    """Rank 0 of 2 holds 2 groups of 2 samples: one unanimous (skipped), one active with 1 and 3 tokens; 8
+    tokens in all. The other rank (simulated through the reductions) has 12 tokens and 3 active
+    micro-batches. So rank 0 runs 3 backward passes, its one real pass weighted by 4 of the 20 global tokens
+    x N=2, and two zero-weight repeats; then 1 entropy pass for its unanimous group."""
+    from srtlab.algorithms.settings import AlgorithmSettings
+    from srtlab.models.forward import TokenLogprobs
+    from srtlab.modules import loss_pass as lp
+    from srtlab.modules import ranks
+
+    other_rank = {"sum": [12.0, 4.0, 2.0, 2.0], "max": [3.0, 3.0, 1.0]}  # tokens, rows, active, groups | max len, passes
+
+    def fake_all_reduce(values, op, device="cpu"):
+        if len(values) == len(other_rank[op]):
+            return [a + b if op == "sum" else max(a, b) for a, b in zip(values, other_rank[op])]
+        return list(values)  # the metric sums: this rank's only
+
+    monkeypatch.setattr(ranks, "world_size", lambda: 2)
+    monkeypatch.setattr(ranks, "all_reduce", fake_all_reduce)
+    r = RolloutBatch(prompts=_prompts(2), n=2, prompt_ids=[[1], [2]], completion_ids=[[5, 6, 7], [5], [5], [5, 6, 7]],
+                     texts=[""] * 4, answers=[None] * 4, finish_reasons=["stop"] * 4)
+    adv = torch.tensor([0.0, 0.0, 1.0, -1.0])  # group 0 unanimous, group 1 active
+    w = torch.zeros((), requires_grad=True)
+    calls = []
+
+    def logprobs(p_ids, c_ids, n):
+        calls.append(len(c_ids))
+        width = max(len(c) for c in c_ids)
+        mask = torch.tensor([[t < len(c) for t in range(width)] for c in c_ids])
+        return TokenLogprobs(w * torch.ones(len(c_ids), width), mask, torch.zeros(len(c_ids), width))
+
+    backward_scales = []
+    lp.loss_pass(r, adv, logprobs, None, AlgorithmSettings(advantage="rloo", loss_agg="token_mean"), 1,
+                 lambda loss: (backward_scales.append(loss), loss.backward()))
+    assert len(backward_scales) == 3  # 1 real + 2 zero-weight passes, the busiest rank's count
+    assert len(calls) == 4  # and 1 entropy pass for the unanimous group
+    # d/dw of the real pass: the token-mean policy loss of group 1 is -(1 * 1 + (-1) * 3) / 4 = 0.5 per unit of
+    # the ratio's slope (1 at w=0); weighted by its 4 of 20 global tokens and x2 ranks: 0.5 * 4/20 * 2 = 0.2
+    assert math.isclose(float(w.grad), 0.2, rel_tol=1e-6)
