@@ -118,7 +118,7 @@ def run_model(name: str, policy: PolicyModule, args, device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
-    parser.add_argument("--small", action="store_true", help="a tiny Qwen2 shape instead of Qwen2.5-1.5B's (CPU smoke test)")
+    parser.add_argument("--small", action="store_true", help="a tiny Qwen2 shape, not Qwen2.5-1.5B's (CPU)")
     parser.add_argument("--model-path", default="smollm2-135m-instruct", help="SmolLM2 (also the tokenizer)")
     parser.add_argument("--steps", type=int, default=3, help="measured steps per model, after one warm-up")
     parser.add_argument("--batch", type=int, default=16, help="prompts per step (B)")

@@ -70,7 +70,8 @@ def merge_level_stats(per_rank: Sequence[dict[str, dict[str, float]]]) -> dict[s
         total = sum(weights)
         merged = {"groups": total} if any("groups" in s for s in found) else {}
         for name in dict.fromkeys(n for s in found for n in s if n != "groups"):
-            pairs = [(w, float(s[name])) for w, s in zip(weights, found) if name in s and not math.isnan(float(s[name]))]
+            pairs = [(w, float(s[name])) for w, s in zip(weights, found)
+                     if name in s and not math.isnan(float(s[name]))]
             weight = sum(w for w, _ in pairs)
             merged[name] = sum(w * v for w, v in pairs) / weight if weight > 0 else math.nan
         out[key] = merged
