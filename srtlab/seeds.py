@@ -12,7 +12,7 @@ import hashlib
 
 # The named streams, and what each one seeds.
 STREAMS = {
-    "train": "training samples of a step (keys: step)",
+    "train": "training samples of a step (keys: step; with several ranks also \"rank\", rank > 0: train_seed)",
     "val": "held-out samples of an evaluation (keys: set index, batch index)",
     "probe": "the weight-sync probe's samples (keys: step)",
     "retry_eval": "held-out reflect-and-retry evaluation (keys: set index)",
@@ -34,3 +34,10 @@ def seed_for(run_seed: int, stream: str, *keys: int | str) -> int:
         raise ValueError(f"unknown seed stream {stream!r}; known: {', '.join(STREAMS)}")
     digest = hashlib.blake2b(repr((int(run_seed), stream, tuple(keys))).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % 2**SEED_BITS
+
+
+def train_seed(run_seed: int, step: int, rank: int = 0) -> int:
+    """The sampling seed of ``rank``'s share of step ``step``. Rank 0 keeps the one-process seed, so a
+    one-process run is unchanged; every other rank draws its own, so the ranks' samples differ and the
+    step's samples over all ranks are a pure function of (seed, step, number of ranks)."""
+    return seed_for(run_seed, "train", step) if rank == 0 else seed_for(run_seed, "train", step, "rank", rank)

@@ -231,6 +231,19 @@ def effective_task_config(cfg: DictConfig) -> dict[str, Any]:
     return dict(config or {})
 
 
+def check_batch_split(cfg: DictConfig) -> list[str]:
+    """data.batch_size is the global batch: it must divide by the number of ranks (devices x nodes), when the
+    config names it (an int ``trainer.devices``; "auto" is checked at setup, by the datamodule)."""
+    size, devices, nodes = (_select(cfg, k) for k in ("data.batch_size", "trainer.devices", "trainer.num_nodes"))
+    nodes = 1 if nodes in (_ABSENT, None) else nodes
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (size, devices, nodes)):
+        return []
+    if size % (devices * nodes):
+        return [bad("data.batch_size", size, f"a multiple of the number of ranks, trainer.devices x trainer.num_nodes "
+                                             f"= {devices * nodes} (it is the global batch)")]
+    return []
+
+
 # -- objects that validate themselves ---------------------------------------------------------------
 def check_objects(cfg: DictConfig) -> list[str]:
     """Step 3: build each settings object / datamodule / reward mix (cheap: no model, no data) and validate it."""
@@ -357,6 +370,7 @@ def check_config(cfg: DictConfig) -> None:
                                         for k in missing))
         weights = _select(cfg, "reward.weights")
         errors = check_table(cfg) + check_weights({} if weights is _ABSENT or weights is None else weights)
+        errors += check_batch_split(cfg)
         if not errors:
             errors = check_task_config(cfg.data.task, effective_task_config(cfg))
         if not errors:

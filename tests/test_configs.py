@@ -18,7 +18,8 @@ def test_experiment_composes_and_instantiates(experiment, tiny_cfg, tmp_path):
         labels = tmp_path / "labels.jsonl"
         labels.write_text('{"id": "letter_counting/train/0", "label": "1"}\n')
         extra = [f"reward.sources.teacher.labels={labels}"]
-    cfg = tiny_cfg(f"experiment={experiment}", *extra)
+    # the tiny global batch (2) does not split over an experiment's 8 GPUs (check_batch_split): one device here
+    cfg = tiny_cfg(f"experiment={experiment}", *extra, "trainer.devices=1")
     check_config(cfg)
     assert cfg.name == experiment
     instantiate(cfg.reward, _convert_="all")

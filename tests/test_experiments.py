@@ -17,7 +17,8 @@ from srtlab.train import check_config, fit
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SHELL_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.sh"))
 PYTHON_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.py"))
-TESTED_PYTHON = {"bench_step.py", "bench_vote.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py"}
+TESTED_PYTHON = {"bench_step.py", "bench_vote.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py",
+                 "gpu_check.py"}
 
 
 def _run_script(name: str, args: list[str], monkeypatch, capsys) -> str:
@@ -39,6 +40,14 @@ def test_bench_step_runs_one_step_on_the_tiny_model(tiny_model_dir, tmp_path, mo
                                         *TINY_OVERRIDES], monkeypatch, capsys)
     assert "SRT step: 2 prompts x 4 samples" in out and "generation tokens/s" in out
     assert "ratio" in out and "roofline" in out and "TFLOP/s" in out
+
+
+def test_gpu_check_runs_small_on_the_cpu(tiny_model_dir, monkeypatch, capsys):
+    out = _run_script("gpu_check.py", ["--device", "cpu", "--small", "--model-path", str(tiny_model_dir), "--steps",
+                                       "1", "--batch", "2", "--n", "2", "--max-new-tokens", "4", "--skip-tests"],
+                      monkeypatch, capsys)
+    assert "Qwen2 small shape, random weights" in out and out.count("training tokens/s") == 2 and "MFU" in out
+    assert "peak memory" in out
 
 
 def test_bench_vote_runs_small(monkeypatch, capsys):

@@ -1,4 +1,5 @@
-"""FSDP2 and DDP on the CPU with two gloo processes: sharded sync, and training equal to one process."""
+"""FSDP2 and DDP on the CPU with two gloo processes: sharded sync, and training equal to one process (the
+data-parallel split itself, validation and resume: tests/test_ddp.py)."""
 
 import os
 import subprocess
@@ -111,7 +112,9 @@ COMMON = ["eval_before=false", "eval_after=false", "trainer.val_check_interval=1
 def _fit(model_dir, run_dir, *extra):
     cmd = [sys.executable, "-m", "srtlab", "fit", f"model.path={model_dir}", f"run_dir={run_dir}", *TINY_OVERRIDES,
            *COMMON, *extra]
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    here = os.path.dirname(os.path.abspath(__file__))  # the tests, and this checkout's srtlab
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.path.dirname(here)]), "SRTLAB_TEST_DUMP": str(run_dir)}
     proc = subprocess.run(cmd, cwd=run_dir.parent, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -119,12 +122,14 @@ def _fit(model_dir, run_dir, *extra):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [["algorithm.kl_coef=0.1"], ["model.lora.r=4"]], ids=["kl-reference", "lora"])
 def test_fsdp_fit_on_two_processes_matches_one_process(variant, tiny_model_dir, tmp_path):
-    """Both ranks get the same prompts and seeds, so the averaged gradient is the one-process gradient.
+    """Each rank trains its half of the batch (test_ddp.PerPromptEngine: a prompt's samples do not depend on
+    the rank that draws it), and the update equals one process's with the whole batch.
 
     With KL on, the frozen reference is sharded too; with LoRA, the synced weights are merged ones."""
     one, two = tmp_path / "one", tmp_path / "two"
-    _fit(tiny_model_dir, one, *PARITY_REWARD, *variant)
-    _fit(tiny_model_dir, two, *PARITY_REWARD, *variant, "trainer=fsdp", "trainer.accelerator=cpu",
+    engine = "rollout.engine._target_=test_ddp.PerPromptEngine"
+    _fit(tiny_model_dir, one, *PARITY_REWARD, *variant, engine)
+    _fit(tiny_model_dir, two, *PARITY_REWARD, *variant, engine, "trainer=fsdp", "trainer.accelerator=cpu",
          "trainer.devices=2", "trainer.precision=32-true")
     a, b = torch.load(one / "rank0.pt"), torch.load(two / "rank0.pt")
     assert set(a) == set(b)

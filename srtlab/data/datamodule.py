@@ -5,6 +5,11 @@ of an endless sequence of per-epoch permutations of the training prompts. So res
 only needs the step, which Lightning restores, and a resumed run sees exactly the prompts that an
 uninterrupted run would have seen.
 
+``batch_size`` is the global batch. With N data-parallel ranks, rank r trains on ``rank_share``: the
+prompts ``r, r+N, r+2N, ...`` of the step's global batch, so the N ranks together see exactly the prompts
+one process would (B must divide by N). Held-out sets are split by whole batches the same way, and the
+policy gathers their scores (``srtlab.modules.policy``).
+
 With a curriculum (``srtlab.curriculum``), the scheduler registers the levels of a task
 (``add_levels``: one task config each, prompts seeded by (seed, task, level)) and hands over a mixture
 of levels (``set_mixture``); the batch of step ``s`` is then a pure function of (seed, s, mixture).
@@ -63,18 +68,59 @@ def batch_indices(step: int, batch_size: int, num_prompts: int, seed: int) -> li
     return out
 
 
-class PromptStream(IterableDataset):
-    """Yields the PromptBatch of every step from ``start_step`` on, forever."""
+def rank_share(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
+    """Rank ``rank``'s share of a global batch: items ``rank, rank + N, ...`` (nanochat's split)."""
+    return list(items[rank::world_size])
 
-    def __init__(self, prompts: Sequence[Prompt], batch_size: int, seed: int, start_step: int = 0) -> None:
+
+def check_divides(batch_size: int, world_size: int) -> None:
+    """One-line error unless the global batch splits evenly over the ranks."""
+    if batch_size % world_size:
+        raise ValueError(f"data.batch_size={batch_size} with {world_size} ranks; the global batch must be a "
+                         f"multiple of the number of ranks (devices x nodes)")
+
+
+class PromptStream(IterableDataset):
+    """Yields this rank's PromptBatch of every step from ``start_step`` on, forever (``batch_size`` is global)."""
+
+    def __init__(self, prompts: Sequence[Prompt], batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
+        check_divides(batch_size, world_size)
         self.prompts, self.batch_size, self.seed, self.start_step = prompts, batch_size, seed, start_step
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[PromptBatch]:
         step = self.start_step
         while True:
-            idx = batch_indices(step, self.batch_size, len(self.prompts), self.seed)
+            idx = rank_share(batch_indices(step, self.batch_size, len(self.prompts), self.seed), self.rank,
+                             self.world_size)
             yield PromptBatch(prompts=[self.prompts[i] for i in idx], step=step, source="train")
             step += 1
+
+
+class FixedBatches(IterableDataset):
+    """A fixed list of batches. Iterable, so Lightning adds no DistributedSampler (which would split, and pad
+    with repeats, a second time)."""
+
+    def __init__(self, batches: Sequence[PromptBatch]) -> None:
+        self.batches = list(batches)
+
+    def __iter__(self) -> Iterator[PromptBatch]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def val_share(batches: Sequence[PromptBatch], rank: int, world_size: int) -> list[PromptBatch]:
+    """Rank ``rank``'s held-out batches: whole batches ``rank, rank + N, ...``, each keeping its global index
+    (its sampling seed), padded to the same count on every rank with a repeat marked ``step=-1`` (its
+    scores are dropped): under FSDP every generate call is collective, so every rank must make as many."""
+    share = rank_share(batches, rank, world_size)
+    rounds = -(-len(batches) // world_size)
+    while batches and len(share) < rounds:
+        share.append(PromptBatch(prompts=list(batches[0].prompts), step=-1, source=batches[0].source))
+    return share
 
 
 def _identity(x: Any) -> Any:
@@ -92,7 +138,7 @@ class PromptDataModule(L.LightningDataModule):
         source: a file or data set instead of a task: a ``DatasetSource`` partial (Hydra ``_partial_``)
             naming at least ``path`` (see ``configs/data/file.yaml``); the datamodule fills in the rest.
         prompt: how questions become chat messages.
-        batch_size: prompts per training step (B).
+        batch_size: prompts per training step over all ranks (the global B; each of N ranks trains B/N).
         train_size, val_size: number of training / held-out prompts.
         val_batch_size: prompts per generate call during evaluation.
         seed: data seed; held-out prompts use ``seed + 1_000_003``, have distinct questions, and
@@ -119,7 +165,7 @@ class PromptDataModule(L.LightningDataModule):
         else:  # built-in sets are known to read; they are fetched at setup, so composing a config stays offline
             task = task or source.keywords["path"]
         if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size}; must be >= 1")
+            raise ValueError(f"data.batch_size={batch_size}; must be >= 1 (the global batch: all ranks together)")
         self.task, self.task_config, self.prompt = task, dict(task_config or {}), prompt
         self.batch_size, self.train_size, self.val_size = batch_size, train_size, val_size
         self.val_batch_size, self.seed = val_batch_size, seed
@@ -137,6 +183,7 @@ class PromptDataModule(L.LightningDataModule):
         self.mixture: list[tuple[str, int, float]] | None = None  # (task, level, weight) of training batches
 
     def setup(self, stage: str | None = None) -> None:
+        check_divides(self.batch_size, self._rank()[1])  # before the model loads (Lightning's order)
         if self.train is not None:
             return
         make = self.source_of(self.task)
@@ -166,16 +213,26 @@ class PromptDataModule(L.LightningDataModule):
         # The trainer's global step is restored before dataloaders are built, so a resumed run
         # continues the stream where it stopped.
         start = self.trainer.global_step if self.trainer is not None else 0
-        stream = PromptStream(self.train.prompts, self.batch_size, self.seed, start_step=start)
+        rank, world = self._rank()
+        stream = PromptStream(self.train.prompts, self.batch_size, self.seed, start_step=start, rank=rank,
+                              world_size=world)
         return DataLoader(stream, batch_size=None, collate_fn=_identity)
 
     def val_dataloader(self) -> list[DataLoader]:
         loaders = []
+        rank, world = self._rank()
         for name, prompts in self.val.items():
             batches = [PromptBatch(prompts=list(prompts[i:i + self.val_batch_size]), step=i // self.val_batch_size,
                                    source=name) for i in range(0, len(prompts), self.val_batch_size)]
-            loaders.append(DataLoader(batches, batch_size=None, collate_fn=_identity))
+            loaders.append(DataLoader(FixedBatches(val_share(batches, rank, world)), batch_size=None,
+                                      collate_fn=_identity))
         return loaders
+
+    def _rank(self) -> tuple[int, int]:
+        """(this rank, number of ranks) of the trainer; (0, 1) without one."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
 
     # -- curriculum levels ------------------------------------------------------------------------
     def add_levels(self, task: str, configs: Sequence[dict], val_size: int, prompt: PromptFormat | None = None) -> None:
@@ -216,7 +273,8 @@ class PromptDataModule(L.LightningDataModule):
         self.mixture = None if mixture is None else list(mixture)
 
     def mixture_prompts(self, step: int) -> list[Prompt]:
-        """The training prompts of ``step`` under the current mixture: a pure function of (seed, step, mixture).
+        """This rank's training prompts of ``step`` under the current mixture: a pure function of (seed, step,
+        mixture, rank, number of ranks); the global batch is split as the plain stream's is.
 
         Each level gets its share of the batch (``allocate``) and takes it from its own endless stream of
         per-epoch permutations at that step, as the plain stream does.
@@ -228,7 +286,7 @@ class PromptDataModule(L.LightningDataModule):
                 source = self.level_train(task, level)
                 idx = batch_indices(step, count, len(source), level_seed(self.seed, task, level))
                 prompts += [source[i] for i in idx]
-        return prompts
+        return rank_share(prompts, *self._rank())
 
     def on_before_batch_transfer(self, batch: PromptBatch, dataloader_idx: int) -> PromptBatch:
         # Lightning fetches the next batch one step ahead; it calls this hook just before the step, after

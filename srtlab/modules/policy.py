@@ -13,12 +13,18 @@ One training step (:meth:`PolicyModule.training_step`):
 5. weight sync: the new weights into the engine (and the probe, when configured);
 6. log, and write the step's training samples.
 
-Simplifications, on purpose: one optimizer step per rollout batch (fully on-policy), so the importance
-ratio is 1 and the "old" log-probs are the current ones detached; the clipping therefore only acts
-once several updates per batch are added. Groups whose advantages are all zero (unanimous groups)
-contribute no policy gradient and are skipped in the gradient pass unless the KL term needs them or
-several processes train (each must run as many passes); they still count in the loss normaliser, so
-the gradient is unchanged, and a no-grad pass still measures their entropy.
+Simplifications, on purpose: one optimizer step per rollout batch (fully on-policy) by default, so the
+importance ratio is 1 and the "old" log-probs are the current ones detached; the clipping acts with
+``ppo_epochs`` or ``mini_batches`` above 1. Groups whose advantages are all zero (unanimous groups)
+contribute no policy gradient and are skipped in the gradient pass unless the KL term needs them; they
+still count in the loss normaliser, so the gradient is unchanged, and a no-grad pass still measures
+their entropy.
+
+Data parallel (``trainer=ddp`` / ``fsdp``, N ranks): each rank samples its own B/N prompts of the step
+with its own seed, the loss normaliser and the number of passes are agreed over ranks
+(``srtlab.modules.loss_pass``), and the step's metrics, per-level statistics and held-out scores are
+reduced or gathered (``srtlab.modules.ranks``), so every rank logs, and every callback sees, what one
+process with B prompts would have seen.
 """
 
 from __future__ import annotations
@@ -37,12 +43,13 @@ from srtlab.eval.heldout import heldout_metrics, named_metrics, score_groups, wr
 from srtlab.models.forward import TokenLogprobs, completion_logits, token_logprobs
 from srtlab.models.load import LoraSettings, load_model, load_tokenizer
 from srtlab.models.parallel import checkpoint_mlps, shard_model
+from srtlab.modules import ranks
 from srtlab.modules.loss_pass import loss_pass, stored_logprobs
 from srtlab.rewards.base import RunContext
 from srtlab.rewards.mix import RewardMix
 from srtlab.rollout.engine import RolloutEngine
 from srtlab.rollout.rollouts import Rollouts
-from srtlab.seeds import seed_for
+from srtlab.seeds import train_seed
 from srtlab.types import PromptBatch, RewardOutput, RolloutBatch
 
 
@@ -92,6 +99,7 @@ class PolicyModule(L.LightningModule):
         self.gold = GoldScorer()  # held-out scoring
         self._val_scores: dict[str, list[dict[str, float]]] = {}
         self._val_samples: dict[str, list[dict]] = {}
+        self._val_batches: list[tuple[str, int, list[dict[str, float]], list[dict]]] = []  # this rank's
         self._val_k = 0  # samples per prompt in the last evaluation
         self.last_val_step = -1  # global step of the last evaluation
 
@@ -107,6 +115,7 @@ class PolicyModule(L.LightningModule):
             checkpoint_mlps(self.model)
         if self.device_mesh is not None:  # set by ModelParallelStrategy (trainer=fsdp) before this hook
             shard_model(self.model, self.device_mesh)
+            _mark_sharded(self.model)
 
     def _load_reference(self) -> None:
         """The frozen reference of the KL term; with LoRA it is the adapter-off model (nothing loaded)."""
@@ -116,6 +125,7 @@ class PolicyModule(L.LightningModule):
         self.reference.eval().requires_grad_(False)
         if self.device_mesh is not None:
             shard_model(self.reference, self.device_mesh)
+            _mark_sharded(self.reference)
         elif self.model is not None:
             self.reference.to(next(self.model.parameters()).device)
 
@@ -198,7 +208,8 @@ class PolicyModule(L.LightningModule):
 
         # 1. generate and score
         engine = self.engine()
-        run = RunContext(step=batch.step, seed=seed_for(self.rollouts.seed, "train", batch.step), stage="train",
+        rank = ranks.rank()  # this rank's share of the step (the datamodule's), sampled with its own seed
+        run = RunContext(step=batch.step, seed=train_seed(self.rollouts.seed, batch.step, rank), stage="train",
                          logits=self.scoring_logits, engine=engine, micro_batch_prompts=self.micro_batch_prompts)
         reward_s = 0.0
 
@@ -209,7 +220,7 @@ class PolicyModule(L.LightningModule):
             reward_s += time.perf_counter() - t
             return out
 
-        r = self.rollouts.train_batch(engine, batch.prompts, batch.step, score)
+        r = self.rollouts.train_batch(engine, batch.prompts, batch.step, score, rank=rank)
         t1 = time.perf_counter()
 
         # 2. advantages, per group
@@ -224,13 +235,16 @@ class PolicyModule(L.LightningModule):
         probe = self.rollouts.check(lambda p, c, n: self.token_logprobs(self.model, p, c, n), batch.prompts, batch.step)
         t3 = time.perf_counter()
 
-        # 6. log, samples
-        metrics = {**{f"train/{k}": v for k, v in r.metrics.items()}, **stats, **probe,
-                   "train/lr": self.optimizers().param_groups[0]["lr"],
-                   "train/truncated": r.finish_reasons.count("length") / len(r),
-                   "time/generate": t1 - t0 - reward_s, "time/reward": reward_s, "time/train": t2 - t1,
-                   "time/sync": t3 - t2,
-                   "perf/tokens_per_s": sum(len(c) for c in r.completion_ids) / max(t1 - t0 - reward_s, 1e-9)}
+        # 6. log (over all ranks: ``stats`` is global already, the rest is this rank's), samples
+        local = {**{f"train/{k}": v for k, v in r.metrics.items()}, **probe,
+                 "train/lr": self.optimizers().param_groups[0]["lr"],
+                 "train/truncated": r.finish_reasons.count("length") / len(r),
+                 "time/generate": t1 - t0 - reward_s, "time/reward": reward_s, "time/train": t2 - t1,
+                 "time/sync": t3 - t2,
+                 "perf/tokens_per_s": sum(len(c) for c in r.completion_ids) / max(t1 - t0 - reward_s, 1e-9)}
+        gathered = ranks.gather((local, r.level_stats))
+        metrics = {**ranks.mean_metrics([m for m, _ in gathered], sums=("perf/tokens_per_s",)), **stats}
+        level_stats = ranks.merge_level_stats([s for _, s in gathered]) if len(gathered) > 1 else r.level_stats
         self.log_dict(metrics, on_step=True, batch_size=len(batch))
         if "train/reward/mixed" in metrics:
             self.log("reward", metrics["train/reward/mixed"], prog_bar=True, on_step=True, logger=False,
@@ -238,7 +252,7 @@ class PolicyModule(L.LightningModule):
         self.log("step_s", t3 - t0, prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
         if self.samples_every and batch.step % self.samples_every == 0:
             self._write_train_samples(r, adv, batch.step)
-        return {"loss": torch.tensor(stats["train/loss"]), "metrics": metrics, "level_stats": r.level_stats}
+        return {"loss": torch.tensor(stats["train/loss"]), "metrics": metrics, "level_stats": level_stats}
 
     def update(self, r: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:
         """``ppo_epochs`` x ``mini_batches`` optimizer updates on one rollout batch; -> the step's metrics.
@@ -275,8 +289,7 @@ class PolicyModule(L.LightningModule):
     def accumulate_gradients(self, r: RolloutBatch, adv: torch.Tensor, backward, groups: list[int] | None = None,
                              old: list[list[float]] | None = None, measure_skipped: bool = True) -> dict[str, float]:
         """Forward and ``backward(loss)`` over micro-batches of whole groups (``srtlab.modules.loss_pass``)."""
-        # Several processes train every group: each must run as many forward/backward passes (collectives).
-        every = self.algorithm.kl_coef > 0 or (self._trainer is not None and self.trainer.world_size > 1)
+        every = self.algorithm.kl_coef > 0  # the KL term has a gradient in unanimous groups too
         max_tokens = self.algorithm.max_tokens or (self.rollouts.sampling.max_new_tokens if self.rollouts else None)
         return loss_pass(r, adv, lambda p, c, n: self.token_logprobs(self.model, p, c, n),
                          self.reference_logprobs if self.algorithm.kl_coef > 0 else None, self.algorithm,
@@ -285,8 +298,9 @@ class PolicyModule(L.LightningModule):
 
     def _write_train_samples(self, r: RolloutBatch, adv: torch.Tensor, step: int) -> None:
         """Every completion of the step with its answer, reward per source and advantage:
-        ``<run_dir>/samples/train_step<N>.jsonl`` (reward hacking shows in training samples first)."""
-        if self._trainer is None or not self.trainer.is_global_zero:
+        ``<run_dir>/samples/train_step<N>.jsonl`` (reward hacking shows in training samples first); every
+        rank's rows, in rank order, written by rank 0."""
+        if self._trainer is None:
             return
         rows = []
         for i in range(len(r)):
@@ -294,22 +308,35 @@ class PolicyModule(L.LightningModule):
             rows.append({"id": prompt.id, "sample": i % r.n, "gold": prompt.answer, "answer": r.answers[i],
                          "text": r.texts[i], "reward": float(r.rewards[i]), "advantage": float(adv[i]),
                          "rewards": {k: _json_float(v[i]) for k, v in r.source_rewards.items()}})
-        write_samples(rows, Path(self.trainer.default_root_dir) / "samples" / f"train_step{step}.jsonl")
+        rows = [row for part in ranks.gather(rows) for row in part]
+        if self.trainer.is_global_zero:
+            write_samples(rows, Path(self.trainer.default_root_dir) / "samples" / f"train_step{step}.jsonl")
 
     # -- evaluation -----------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_scores, self._val_samples = {}, {}
+        self._val_batches: list[tuple[str, int, list[dict[str, float]], list[dict]]] = []
 
     def validation_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.rollouts is None:
             raise RuntimeError("evaluation needs the rollout stage (PolicyModule rollouts)")
         r = self.rollouts.val_batch(self.engine(), batch.prompts, dataloader_idx, batch.step)
         self._val_k = r.n
+        if batch.step < 0:  # a repeat that keeps the ranks' generate calls in step (datamodule.val_share)
+            return
         scores, samples = score_groups(r, self.gold.verdicts(r))
-        self._val_scores.setdefault(batch.source, []).extend(scores)
-        self._val_samples.setdefault(batch.source, []).extend(samples)
+        self._val_batches.append((batch.source, batch.step, scores, samples))
+
+    def _gather_val(self) -> None:
+        """Every rank's held-out batches, in the one-process order (set, batch index), into scores and samples."""
+        batches = [b for part in ranks.gather(self._val_batches) for b in part]
+        order = {name: i for i, name in enumerate(dict.fromkeys(b[0] for b in batches))}  # the loaders' order
+        self._val_scores, self._val_samples = {}, {}
+        for name, _, scores, samples in sorted(batches, key=lambda b: (order[b[0]], b[1])):
+            self._val_scores.setdefault(name, []).extend(scores)
+            self._val_samples.setdefault(name, []).extend(samples)
 
     def on_validation_epoch_end(self) -> None:
+        self._gather_val()
         metrics = {}
         for name, scores in self._val_scores.items():
             if scores:
@@ -321,6 +348,14 @@ class PolicyModule(L.LightningModule):
                 write_samples(rows, folder / f"{name}_step{self.global_step}.jsonl")
         if metrics:
             self.log_dict(metrics, add_dataloader_idx=False)
+
+
+def _mark_sharded(model: torch.nn.Module) -> None:
+    """Tell transformers' ``generate`` the model is FSDP-sharded (``synced_gpus``): ranks sampling different
+    prompts then keep decoding until every rank is done, since each forward gathers shards collectively."""
+    model._is_fsdp_managed_module = True
+    if hasattr(model, "get_base_model"):  # peft: generate runs on the base model
+        model.get_base_model()._is_fsdp_managed_module = True
 
 
 def _json_float(x: torch.Tensor) -> float | None:

@@ -18,7 +18,7 @@ import torch
 
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.rollout.sync import LogprobFn, LogprobProbe, policy_weights
-from srtlab.seeds import seed_for
+from srtlab.seeds import seed_for, train_seed
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 
 Scorer = Callable[[RolloutBatch], RewardOutput]  # the reward mix, bound to this step
@@ -88,9 +88,11 @@ class Rollouts:
         if self._engine is not None and not getattr(self._engine, "shares_policy", False):
             self._engine.load_weights(policy_weights(model))
 
-    def train_batch(self, engine: RolloutEngine, prompts: list[Prompt], step: int, score: Scorer) -> RolloutBatch:
-        """G samples per prompt by the rollout program, scored; the engine then sleeps for the training pass."""
-        rollouts = self.program(engine, prompts, self.n, self.sampling, seed_for(self.seed, "train", step), score)
+    def train_batch(self, engine: RolloutEngine, prompts: list[Prompt], step: int, score: Scorer,
+                    rank: int = 0) -> RolloutBatch:
+        """G samples per prompt by the rollout program, scored; the engine then sleeps for the training pass.
+        ``rank``: this data-parallel rank (its prompts are its share of the step; its seed is its own)."""
+        rollouts = self.program(engine, prompts, self.n, self.sampling, train_seed(self.seed, step, rank), score)
         engine.sleep()  # free the engine's memory for the training pass; it wakes when next used
         return rollouts
 

@@ -1,0 +1,159 @@
+"""The GPU check: SRT steps on one CUDA GPU with nothing to download, then the ``gpu``-marked tests.
+
+For SmolLM2-135M (the built-in model folder, ``python -m srtlab prepare``) and for a randomly initialised
+model of Qwen2.5-1.5B's shape (transformers' ``Qwen2Config``: hidden 1536, 28 layers, 12 heads, 2 KV
+heads, intermediate 8960, vocab 151936; SmolLM2's tokenizer, whose ids all fit that vocabulary) it runs
+SRT steps with the HF engine (bf16 sampling copy, majority-vote reward, bf16 autocast training, AdamW,
+weight sync) and prints per-stage seconds, generated tokens/s, training tokens/s, MFU against the
+device's bf16 peak (``--peak-tflops``, H200 dense: 989) and peak memory. MFU counts 2·N FLOPs per
+generated token and 6·N per trained token (prompt tokens once per group, as the shared-prefix forward
+computes them; N = parameters without the embeddings).
+
+    python experiments/gpu_check.py                       # one CUDA GPU: both models, then pytest -m gpu
+    python experiments/gpu_check.py --device cpu --small  # a smoke test on the CPU (tiny shapes, CI)
+
+Needs torch, transformers, Lightning, peft, and hydra-core, omegaconf, antlr4, reasoning-gym,
+math-verify (wheels: docs/scale.md). Budget: under 8 minutes on one H200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from srtlab.algorithms.advantages import compute_advantages
+from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+from srtlab.data.sources import ReasoningGymSource
+from srtlab.modules.policy import PolicyModule
+from srtlab.rewards.mix import RewardMix
+from srtlab.rewards.vote import MajorityVote
+from srtlab.rollout.engine import SamplingSettings
+from srtlab.rollout.hf import HFEngine
+from srtlab.rollout.sync import policy_weights
+
+QWEN25_1_5B = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                   intermediate_size=8960, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True)
+SMALL_QWEN = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True)
+
+
+def qwen_shaped(tokenizer, sizes: dict, device: str) -> torch.nn.Module:
+    """A randomly initialised Qwen2 model of ``sizes`` (fp32 master weights) on ``device``."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**sizes, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id)
+    assert len(tokenizer) <= config.vocab_size, "the tokenizer's ids must fit the vocabulary"
+    torch.manual_seed(0)
+    with torch.device(device):
+        return Qwen2ForCausalLM(config).train()
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
+
+
+def run_model(name: str, policy: PolicyModule, args, device: str) -> None:
+    """``args.steps`` SRT steps (after one warm-up) and the figures."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    model = policy.model
+    engine = HFEngine(model, policy.tokenizer, dtype="bfloat16", prompts_per_call=args.batch)
+    sampling = SamplingSettings(temperature=0.7, max_new_tokens=args.max_new_tokens)
+    reward = RewardMix({"vote": MajorityVote()}, {"vote": 1.0})
+    prompts = ReasoningGymSource("letter_counting", size=args.batch * (args.steps + 1), seed=0).prompts
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    n_params = non_embedding_params(model)
+    times: dict[str, list[float]] = {"generate": [], "reward": [], "train": [], "sync": [], "step": []}
+    gen_tps, train_tps, gen_mfu, train_mfu = [], [], [], []
+    for step in range(args.steps + 1):
+        batch = prompts[step * args.batch:(step + 1) * args.batch]
+        sync(); t0 = time.perf_counter()  # noqa: E702
+        r = engine.generate(batch, args.n, sampling, seed=step)
+        sync(); t1 = time.perf_counter()  # noqa: E702
+        r.rewards = reward(r).rewards
+        if not args.real_rewards:  # the full-cost step: every group has a non-zero advantage
+            r.rewards = torch.arange(len(r), dtype=torch.float) % 2
+        t2 = time.perf_counter()
+        opt.zero_grad()
+        adv = compute_advantages("rloo", r.rewards.to(device), r.n)
+        with autocast:
+            policy.accumulate_gradients(r, adv, lambda loss: loss.backward())
+        opt.step()
+        sync(); t3 = time.perf_counter()  # noqa: E702
+        engine.load_weights(policy_weights(model))
+        sync(); t4 = time.perf_counter()  # noqa: E702
+        if step == 0:
+            continue  # warm-up (allocations, kernels)
+        for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+            times[key].append(value)
+        generated = sum(len(c) for c in r.completion_ids)
+        trained = generated + sum(len(p) for p in r.prompt_ids)
+        gen_tps.append(generated / (t1 - t0))
+        train_tps.append(trained / (t3 - t2))
+        gen_mfu.append(2 * n_params * generated / (t1 - t0) / (args.peak_tflops * 1e12))
+        train_mfu.append(6 * n_params * trained / (t3 - t2) / (args.peak_tflops * 1e12))
+    peak = (torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    print(f"{name}: {n_params / 1e6:.0f}M non-embedding parameters, {args.batch} prompts x {args.n} samples, "
+          f"{args.max_new_tokens} new tokens, {device}, bf16 autocast={args.bf16}, {args.steps} steps")
+    for key, values in times.items():
+        print(f"  {key:9s} median {statistics.median(values):7.2f} s   (min {min(values):.2f}, max {max(values):.2f})")
+    print(f"  generated tokens/s {statistics.median(gen_tps):.0f}   MFU {100 * statistics.median(gen_mfu):.2f}%")
+    print(f"  training tokens/s {statistics.median(train_tps):.0f}   MFU {100 * statistics.median(train_mfu):.2f}%"
+          f"  (peak {args.peak_tflops:g} TFLOP/s)")
+    print(f"  peak memory {peak:.2f} GiB ({'allocated on the GPU' if device.startswith('cuda') else 'max RSS'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--small", action="store_true", help="a tiny Qwen2 shape, not Qwen2.5-1.5B's (CPU)")
+    parser.add_argument("--model-path", default="smollm2-135m-instruct", help="SmolLM2 (also the tokenizer)")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per model, after one warm-up")
+    parser.add_argument("--batch", type=int, default=16, help="prompts per step (B)")
+    parser.add_argument("--n", type=int, default=8, help="samples per prompt (G)")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak (H200: 989)")
+    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32 (no autocast)")
+    parser.add_argument("--real-rewards", action="store_true", help="train on the vote's rewards (unanimous groups "
+                        "are skipped); by default rewards alternate 0/1 so every group trains")
+    parser.add_argument("--skip-tests", action="store_true", help="do not run `pytest -m gpu` afterwards")
+    args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here; use --device cpu --small for the CPU smoke test")
+    if args.device.startswith("cuda"):
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    algo = AlgorithmSettings(advantage="rloo")
+    policy = PolicyModule(args.model_path, algo, OptimSettings(), micro_batch_prompts=4, temperature=0.7)
+    policy.configure_model()
+    policy.model.to(args.device)
+    run_model(f"policy {args.model_path} (SmolLM2-135M by default)", policy, args, args.device)
+    policy.model = None  # free it before the larger model
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    qwen = PolicyModule(args.model_path, algo, OptimSettings(), micro_batch_prompts=4, temperature=0.7)
+    qwen.model = qwen_shaped(qwen.tokenizer, SMALL_QWEN if args.small else QWEN25_1_5B, args.device)  # random init
+    run_model("Qwen2.5-1.5B shape, random weights" if not args.small else "Qwen2 small shape, random weights",
+              qwen, args, args.device)
+    if not args.skip_tests:
+        tests = Path(__file__).resolve().parents[1] / "tests"
+        code = subprocess.call([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                                str(tests / "test_gpu.py")], cwd=tests.parent)
+        print(f"pytest -m gpu: exit code {code}")
+        if code:
+            raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
