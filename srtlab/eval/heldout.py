@@ -79,3 +79,20 @@ def write_samples(rows: list[dict], path: Path) -> Path:
     with open(path, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     return path
+
+
+def train_sample_rows(r: RolloutBatch, adv: torch.Tensor) -> list[dict]:
+    """One row per training completion: prompt id, sample index, gold, answer, text, mixed reward, advantage
+    and each source's reward (null: no opinion). Reward hacking shows in these first."""
+    rows = []
+    for i in range(len(r)):
+        prompt = r.prompts[i // r.n]
+        rows.append({"id": prompt.id, "sample": i % r.n, "gold": prompt.answer, "answer": r.answers[i],
+                     "text": r.texts[i], "reward": float(r.rewards[i]), "advantage": float(adv[i]),
+                     "rewards": {k: _json_float(v[i]) for k, v in r.source_rewards.items()}})
+    return rows
+
+
+def _json_float(x: torch.Tensor) -> float | None:
+    value = float(x)
+    return None if value != value else value  # NaN (no opinion) -> null

@@ -38,3 +38,11 @@ def checkpoint_mlps(model: torch.nn.Module) -> None:
 
     mlps = {id(layer.mlp) for layer in decoder_layers(model)}
     apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=lambda m: id(m) in mlps)
+
+
+def mark_sharded(model: torch.nn.Module) -> None:
+    """Tell transformers' ``generate`` the model is FSDP-sharded (``synced_gpus``): ranks sampling different
+    prompts then keep decoding until every rank is done, since each forward gathers shards collectively."""
+    model._is_fsdp_managed_module = True
+    if hasattr(model, "get_base_model"):  # peft: generate runs on the base model
+        model.get_base_model()._is_fsdp_managed_module = True

@@ -1,6 +1,4 @@
-"""The policy LightningModule: one SRT step, top to bottom, and the held-out evaluation loop.
-
-One training step (:meth:`PolicyModule.training_step`):
+"""The policy LightningModule: one SRT step, top to bottom (:meth:`PolicyModule.training_step`):
 
 1. generate and score: the rollout program samples G completions per prompt with the engine and
    scores them with the reward mix (``srtlab.rollout.rollouts``, ``srtlab.rewards.mix``);
@@ -10,8 +8,7 @@ One training step (:meth:`PolicyModule.training_step`):
    clipped policy-gradient loss (+ optional k3 KL to the frozen reference), scaled so that the
    micro-batches add up to the loss of the whole batch;
 4. optimizer step: gradient clipping, one optimizer step, one scheduler step;
-5. weight sync: the new weights into the engine (and the probe, when configured);
-6. log, and write the step's training samples.
+5. weight sync: the new weights into the engine (and the probe, when configured); 6. log, samples.
 
 Simplifications, on purpose: one optimizer step per rollout batch (fully on-policy) by default, so the
 importance ratio is 1 and the "old" log-probs are the current ones detached; the clipping acts with
@@ -39,11 +36,12 @@ import torch
 from srtlab.algorithms.advantages import compute_advantages
 from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
 from srtlab.eval.gold import GoldScorer
-from srtlab.eval.heldout import heldout_metrics, named_metrics, score_groups, write_samples
+from srtlab.eval.heldout import train_sample_rows, write_samples
 from srtlab.models.forward import TokenLogprobs, completion_logits, token_logprobs
 from srtlab.models.load import LoraSettings, load_model, load_tokenizer
-from srtlab.models.parallel import checkpoint_mlps, shard_model
+from srtlab.models.parallel import checkpoint_mlps, mark_sharded, shard_model
 from srtlab.modules import ranks
+from srtlab.modules.evaluation import HeldoutLoop
 from srtlab.modules.loss_pass import loss_pass, stored_logprobs
 from srtlab.rewards.base import RunContext
 from srtlab.rewards.mix import RewardMix
@@ -53,7 +51,7 @@ from srtlab.seeds import train_seed
 from srtlab.types import PromptBatch, RewardOutput, RolloutBatch
 
 
-class PolicyModule(L.LightningModule):
+class PolicyModule(HeldoutLoop, L.LightningModule):
     """Wraps the policy (and, when KL is on, the frozen reference), the rollout stage and the reward mix.
 
     Args:
@@ -97,11 +95,6 @@ class PolicyModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
         self.gold = GoldScorer()  # held-out scoring
-        self._val_scores: dict[str, list[dict[str, float]]] = {}
-        self._val_samples: dict[str, list[dict]] = {}
-        self._val_batches: list[tuple[str, int, list[dict[str, float]], list[dict]]] = []  # this rank's
-        self._val_k = 0  # samples per prompt in the last evaluation
-        self.last_val_step = -1  # global step of the last evaluation
 
     # -- building -------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -115,7 +108,7 @@ class PolicyModule(L.LightningModule):
             checkpoint_mlps(self.model)
         if self.device_mesh is not None:  # set by ModelParallelStrategy (trainer=fsdp) before this hook
             shard_model(self.model, self.device_mesh)
-            _mark_sharded(self.model)
+            mark_sharded(self.model)
 
     def _load_reference(self) -> None:
         """The frozen reference of the KL term; with LoRA it is the adapter-off model (nothing loaded)."""
@@ -125,7 +118,7 @@ class PolicyModule(L.LightningModule):
         self.reference.eval().requires_grad_(False)
         if self.device_mesh is not None:
             shard_model(self.reference, self.device_mesh)
-            _mark_sharded(self.reference)
+            mark_sharded(self.reference)
         elif self.model is not None:
             self.reference.to(next(self.model.parameters()).device)
 
@@ -302,62 +295,6 @@ class PolicyModule(L.LightningModule):
         rank's rows, in rank order, written by rank 0."""
         if self._trainer is None:
             return
-        rows = []
-        for i in range(len(r)):
-            prompt = r.prompts[i // r.n]
-            rows.append({"id": prompt.id, "sample": i % r.n, "gold": prompt.answer, "answer": r.answers[i],
-                         "text": r.texts[i], "reward": float(r.rewards[i]), "advantage": float(adv[i]),
-                         "rewards": {k: _json_float(v[i]) for k, v in r.source_rewards.items()}})
-        rows = [row for part in ranks.gather(rows) for row in part]
+        rows = [row for part in ranks.gather(train_sample_rows(r, adv)) for row in part]
         if self.trainer.is_global_zero:
             write_samples(rows, Path(self.trainer.default_root_dir) / "samples" / f"train_step{step}.jsonl")
-
-    # -- evaluation -----------------------------------------------------------------------------
-    def on_validation_epoch_start(self) -> None:
-        self._val_batches: list[tuple[str, int, list[dict[str, float]], list[dict]]] = []
-
-    def validation_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self.rollouts is None:
-            raise RuntimeError("evaluation needs the rollout stage (PolicyModule rollouts)")
-        r = self.rollouts.val_batch(self.engine(), batch.prompts, dataloader_idx, batch.step)
-        self._val_k = r.n
-        if batch.step < 0:  # a repeat that keeps the ranks' generate calls in step (datamodule.val_share)
-            return
-        scores, samples = score_groups(r, self.gold.verdicts(r))
-        self._val_batches.append((batch.source, batch.step, scores, samples))
-
-    def _gather_val(self) -> None:
-        """Every rank's held-out batches, in the one-process order (set, batch index), into scores and samples."""
-        batches = [b for part in ranks.gather(self._val_batches) for b in part]
-        order = {name: i for i, name in enumerate(dict.fromkeys(b[0] for b in batches))}  # the loaders' order
-        self._val_scores, self._val_samples = {}, {}
-        for name, _, scores, samples in sorted(batches, key=lambda b: (order[b[0]], b[1])):
-            self._val_scores.setdefault(name, []).extend(scores)
-            self._val_samples.setdefault(name, []).extend(samples)
-
-    def on_validation_epoch_end(self) -> None:
-        self._gather_val()
-        metrics = {}
-        for name, scores in self._val_scores.items():
-            if scores:
-                metrics.update(named_metrics(name, self._val_k, heldout_metrics(scores, self._val_samples[name])))
-        self.last_val_step = self.global_step
-        if self._trainer is not None and self.trainer.is_global_zero:
-            folder = Path(self.trainer.default_root_dir) / "samples"
-            for name, rows in self._val_samples.items():
-                write_samples(rows, folder / f"{name}_step{self.global_step}.jsonl")
-        if metrics:
-            self.log_dict(metrics, add_dataloader_idx=False)
-
-
-def _mark_sharded(model: torch.nn.Module) -> None:
-    """Tell transformers' ``generate`` the model is FSDP-sharded (``synced_gpus``): ranks sampling different
-    prompts then keep decoding until every rank is done, since each forward gathers shards collectively."""
-    model._is_fsdp_managed_module = True
-    if hasattr(model, "get_base_model"):  # peft: generate runs on the base model
-        model.get_base_model()._is_fsdp_managed_module = True
-
-
-def _json_float(x: torch.Tensor) -> float | None:
-    value = float(x)
-    return None if value != value else value  # NaN (no opinion) -> null

@@ -111,14 +111,15 @@ class RewardMix:
 
 
 def check_weights(weights: dict[str, float]) -> dict[str, float]:
-    """Weights must be finite numbers, not all zero; a negative weight is allowed (a penalty source)."""
+    """Weights must be finite numbers >= 0 with a positive sum: every source reports "higher is better", so a
+    negative weight would train away from it (a penalty belongs in a source of its own)."""
     out = {}
     for name, w in weights.items():
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            raise ValueError(f"reward.weights.{name}={w!r}; must be a finite number")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"reward.weights.{name}={w!r}; accepted: a finite number >= 0")
         out[name] = float(w)
     if not any(w != 0 for w in out.values()):
-        raise ValueError(f"reward.weights={out}; at least one weight must be non-zero")
+        raise ValueError(f"reward.weights={out}; accepted: weights with a positive sum (at least one source > 0)")
     return out
 
 

@@ -157,7 +157,7 @@ def test_weights_must_match_sources() -> None:
 
 
 def test_some_weight_must_be_non_zero() -> None:
-    with pytest.raises(ValueError, match="non-zero"):
+    with pytest.raises(ValueError, match="positive sum"):
         RewardMix({"vote": MajorityVote()}, {"vote": 0.0})
 
 
