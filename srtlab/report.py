@@ -6,9 +6,8 @@ the guard's events as vertical lines, and the before/after table of ``results.js
 differ only in the seed (``-m seed=0,1,2``) form one line: the mean, shaded by one standard error. Figures
 are PNGs embedded as base64, so the page needs no network and no other file.
 
-A RUN is a run folder (``config.yaml``, ``logs/version_N/metrics.csv``, ``results.json``,
-``guard/events.jsonl``) or a folder holding run folders (a sweep, ``outputs/<name>``).
-"""
+A RUN is a run folder (``config.yaml``, ``logs/version_N/metrics.csv``, ``results.json``, ``guard/events.jsonl``)
+or a folder holding run folders (a sweep, ``outputs/<name>``)."""
 
 from __future__ import annotations
 
@@ -25,8 +24,8 @@ import yaml
 
 from srtlab.plot import read_metrics
 
-# Keys that do not make two runs different experiments: the seed (aggregated) and where the run lives.
-# (Values that contain the run's own folder, e.g. trainer.default_root_dir, are skipped too.)
+# Keys that do not make two runs different experiments: the seed (aggregated) and where the run lives
+# (values that contain the run's own folder, e.g. trainer.default_root_dir, are skipped too).
 NOT_THE_EXPERIMENT = ("seed", "run_dir", "resume", "ckpt_path")
 HELDOUT = ("mean", "maj", "pass")
 DYNAMICS = ["train/label_accuracy", "train/majority_share", "train/answer_concentration", "train/entropy",

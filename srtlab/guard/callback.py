@@ -25,7 +25,6 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from srtlab.guard.remedy import Remedy, best_score, scale_learning_rate
 from srtlab.guard.rules import Finding, Rule
 from srtlab.guard.signals import History
 
@@ -40,33 +40,6 @@ log = logging.getLogger(__name__)
 
 ACTIONS = ("warn", "stop", "rollback")
 BEST_BY = ("top_answer_share", "heldout_mean")
-
-
-@dataclass
-class Remedy:
-    """What a rollback changes before training continues (each None / 0 / False: leave it).
-
-    lr_factor: multiply the learning rate (optimizer param groups and the scheduler's base rates).
-    kl_coef: set the KL coefficient (``pl_module.set_kl_coef``).
-    gold_mix: reward weights for ``gold_mix_steps`` steps (``pl_module.set_reward_weights``), e.g.
-        ``{vote: 0.5, ground_truth: 0.5}``; only where the training prompts have gold answers.
-    curriculum_back: move the curriculum one level back (``step_back()`` on the callback that has it).
-    """
-
-    lr_factor: float | None = 0.5
-    kl_coef: float | None = None
-    gold_mix: dict[str, float] | None = None
-    gold_mix_steps: int = 0
-    curriculum_back: bool = False
-
-    def validate(self) -> None:
-        if self.lr_factor is not None and not 0 < self.lr_factor <= 1:
-            raise ValueError(f"callbacks.guard.remedy.lr_factor={self.lr_factor}; accepted: a number in (0, 1] or null")
-        if self.kl_coef is not None and self.kl_coef < 0:
-            raise ValueError(f"callbacks.guard.remedy.kl_coef={self.kl_coef}; accepted: a number >= 0 or null")
-        if self.gold_mix is not None and self.gold_mix_steps < 1:
-            raise ValueError(f"callbacks.guard.remedy.gold_mix_steps={self.gold_mix_steps}; accepted: an integer >= 1 "
-                             "when callbacks.guard.remedy.gold_mix is set")
 
 
 class CollapseGuard(L.Callback):
@@ -279,30 +252,6 @@ class CollapseGuard(L.Callback):
         if trainer.is_global_zero:
             with open(_guard_dir(trainer) / "events.jsonl", "a") as f:
                 f.write(json.dumps(event) + "\n")
-
-
-def best_score(metrics: dict[str, float], best_by: str) -> float | None:
-    """Higher is better: minus the worst set's top-answer share, or the mean over sets of mean@k."""
-    if best_by == "top_answer_share":
-        shares = [v for k, v in metrics.items() if k.endswith("/top_answer_share")]
-        return -max(shares) if shares else None
-    means = [v for k, v in metrics.items() if "/mean@" in k]
-    return sum(means) / len(means) if means else None
-
-
-def scale_learning_rate(trainer: L.Trainer, factor: float) -> list[float]:
-    """Multiply every param group's lr and every scheduler's base lrs (LambdaLR recomputes lr from them)."""
-    for config in trainer.lr_scheduler_configs:
-        if hasattr(config.scheduler, "base_lrs"):
-            config.scheduler.base_lrs = [lr * factor for lr in config.scheduler.base_lrs]
-    lrs = []
-    for opt in trainer.optimizers:
-        for group in opt.param_groups:
-            group["lr"] *= factor
-            if "initial_lr" in group:
-                group["initial_lr"] *= factor
-            lrs.append(group["lr"])
-    return lrs
 
 
 def _metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:

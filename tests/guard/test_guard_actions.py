@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import PARITY_REWARD
-from srtlab.guard.callback import CollapseGuard, Remedy, best_score
+from srtlab.guard.callback import CollapseGuard
+from srtlab.guard.remedy import Remedy, best_score
 from srtlab.guard.rules import MajorityCollapse
 from srtlab.plot import read_metrics
 from srtlab.train import build, check_config, fit
