@@ -247,9 +247,9 @@ def runs_table(groups: dict[str, list[Run]]) -> str:
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1180px;margin:1em auto;color:#222;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;
-text-align:left}th{background:#f4f4f4}img{max-width:100%}p.note{color:#555;font-size:.9em}"""
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}table{border-collapse:collapse;
+font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}th{background:#f4f4f4}
+img{max-width:100%}p.note{color:#555;font-size:.9em}"""
 
 
 def _image(b64: str, alt: str) -> str:
