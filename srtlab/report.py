@@ -290,8 +290,7 @@ def main(args: list[str]) -> None:
     """The ``report`` command: ``python -m srtlab report RUN [RUN ...] [--out FILE]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m srtlab report",
-                                     description="One self-contained HTML page about one or more runs.")
+    parser = argparse.ArgumentParser(prog="python -m srtlab report", description="One HTML page about runs.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="a run folder, or a folder of runs (a sweep)")
     parser.add_argument("--out", default="report.html", help="the page to write (default: report.html)")
     options = parser.parse_args(args)
