@@ -27,7 +27,8 @@ def summary_row(run: Run) -> dict[str, object]:
     curve = heldout_curve(run)
     peak_step = max(curve, key=lambda s: (curve[s], -s))  # the earliest of equal peaks
     last_step = max(curve)
-    rolled_back = sum(e["step"] - e.get("restored_step", e["step"]) for e in run.events if e.get("action") == "rollback")
+    rolled_back = sum(e["step"] - e.get("restored_step", e["step"])
+                      for e in run.events if e.get("action") == "rollback")
     return {"run": run.path.name, "evaluations": len(curve), "peak": curve[peak_step], "peak_step": peak_step,
             "final": curve[last_step], "last_step": last_step, "after_peak": last_step - peak_step,
             "rolled_back": rolled_back, "events": len(run.events),
