@@ -9,7 +9,7 @@ set -euo pipefail
 dry() { [[ -n "${DRY_RUN:-}" ]] && { printf '%q ' "$@"; echo; }; }
 out=${1:-outputs/collapse_study}; shift || true
 mkdir -p "$out"
-common=(optim.lr=1e-5 trainer.max_steps=16 trainer.val_check_interval=2 data.val_size=32 checkpoint_every=100
+common=(data=chain_sum optim.lr=1e-5 trainer.max_steps=16 trainer.val_check_interval=2 data.val_size=32 checkpoint_every=100
         threads=1 trainer.enable_progress_bar=false)
 # The divergence rule fires only when held-out mean@k falls by more than 0.02 per evaluation (the default,
 # 0.0, warned on the gold-reward run's evaluation noise: docs/collapse.md). GUARD_TOLERANCE=0.0: the default.
