@@ -19,7 +19,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SHELL_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.sh"))
 PYTHON_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.py"))
 TESTED_PYTHON = {"bench_step.py", "bench_vote.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py",
-                 "collapse_summary.py"}
+                 "collapse_summary.py", "seed_table.py"}
 
 
 def _run_script(name: str, args: list[str], monkeypatch, capsys) -> str:
@@ -75,6 +75,20 @@ def test_curriculum_summary_tables_a_climb(tiny_cfg, tmp_path, monkeypatch, caps
                  "trainer.max_steps=1", run_dir=run))
     lines = _run_script("curriculum_summary.py", [str(run)], monkeypatch, capsys).splitlines()
     assert len(lines) == 2 + 2 and all(line.startswith("| climb |") for line in lines[2:])
+
+
+def test_seed_table_gives_mean_and_standard_error(tmp_path, monkeypatch, capsys):
+    runs = []
+    for seed, (before, after) in enumerate([(0.4, 0.6), (0.5, 0.6), (0.6, 0.9)]):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps({"before": {"val/x/mean@8": before},
+                                                      "after": {"val/x/mean@8": after}, "steps": 30}))
+        runs.append(str(run))
+    lines = _run_script("seed_table.py", runs, monkeypatch, capsys).splitlines()
+    assert lines[0].startswith("| metric (n = 3) |")
+    # standard deviations 0.1, 0.173, 0.1 over 3 runs: standard errors 0.058, 0.100, 0.058
+    assert lines[2].startswith("| val/x/mean@8 | 0.500 ± 0.058 | 0.700 ± 0.100 | 0.200 ± 0.058 | 0.400 -> 0.600")
 
 
 def test_collapse_summary_tables_evaluations_and_guard_events(tiny_cfg, tmp_path, monkeypatch, capsys):
