@@ -26,7 +26,7 @@ from srtlab.plot import read_metrics
 
 # Keys that do not make two runs different experiments: the seed (aggregated) and where the run lives
 # (values that contain the run's own folder, e.g. trainer.default_root_dir, are skipped too).
-NOT_THE_EXPERIMENT = ("seed", "run_dir", "resume", "ckpt_path")
+NOT_THE_EXPERIMENT = ("seed", "data.seed", "run_dir", "resume", "ckpt_path")
 HELDOUT = ("mean", "maj", "pass")
 DYNAMICS = ["train/label_accuracy", "train/majority_share", "train/answer_concentration", "train/entropy",
             "train/response_length", "train/reward/mixed", "train/answer_rate", "val/*/top_answer_share"]

@@ -2,6 +2,7 @@
 shell scripts that launch long studies print their commands (``DRY_RUN=1``) and every command composes and
 passes check_config, so a renamed key or a broken import fails here rather than an hour into a study."""
 
+import json
 import os
 import runpy
 import shlex
@@ -18,7 +19,7 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SHELL_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.sh"))
 PYTHON_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.py"))
 TESTED_PYTHON = {"bench_step.py", "bench_vote.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py",
-                 "gpu_check.py"}
+                 "gpu_check.py", "collapse_summary.py", "seed_table.py"}
 
 
 def _run_script(name: str, args: list[str], monkeypatch, capsys) -> str:
@@ -87,6 +88,36 @@ def test_curriculum_summary_tables_a_climb(tiny_cfg, tmp_path, monkeypatch, caps
     assert len(lines) == 2 + 2 and all(line.startswith("| climb |") for line in lines[2:])
 
 
+def test_seed_table_gives_mean_and_standard_error(tmp_path, monkeypatch, capsys):
+    runs = []
+    for seed, (before, after) in enumerate([(0.4, 0.6), (0.5, 0.6), (0.6, 0.9)]):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps({"before": {"val/x/mean@8": before},
+                                                      "after": {"val/x/mean@8": after}, "steps": 30}))
+        runs.append(str(run))
+    lines = _run_script("seed_table.py", runs, monkeypatch, capsys).splitlines()
+    assert lines[0].startswith("| metric (n = 3) |")
+    # standard deviations 0.1, 0.173, 0.1 over 3 runs: standard errors 0.058, 0.100, 0.058
+    assert lines[2].startswith("| val/x/mean@8 | 0.500 ± 0.058 | 0.700 ± 0.100 | 0.200 ± 0.058 | 0.400 -> 0.600")
+
+
+def test_collapse_summary_tables_evaluations_and_guard_events(tiny_cfg, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "srt_rollback"
+    fit(tiny_cfg(*PARITY_REWARD, "trainer.max_steps=4", "trainer.val_check_interval=2", "checkpoint_every=100",
+                 run_dir=run))
+    events = [{"step": 3, "action": "rollback", "restored_step": 2, "rules": ["majority"]},
+              {"step": 4, "action": "warn", "rules": ["entropy"]}]
+    (run / "guard").mkdir(exist_ok=True)
+    (run / "guard" / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    lines = _run_script("collapse_summary.py", [str(run)], monkeypatch, capsys).splitlines()
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[0] == "srt_rollback" and cells[1] == "3"  # evaluations before training, after steps 2 and 4
+    assert cells[3].endswith("(4)") and cells[6] == "1" and cells[7] == "2 (rollback,warn)"
+    curve = lines[-1].split(": ")[1].split()
+    assert [point.split(":")[0] for point in curve] == ["0", "2", "4"]
+
+
 def _dry_run(script: str, out: Path, *overrides: str) -> list[list[str]]:
     """The srtlab commands a shell script would run (its DRY_RUN=1 output), each as its argument list."""
     env = {**os.environ, "DRY_RUN": "1"}
@@ -99,7 +130,7 @@ def _dry_run(script: str, out: Path, *overrides: str) -> list[list[str]]:
 
 
 STUDIES = {"compare_rewards.sh": 7, "curriculum_climb.sh": 2, "reflect_retry.sh": 2, "srt_vs_rlvr.sh": 4,
-           "slurm_fit.sh": 1}
+           "slurm_fit.sh": 1, "collapse_study.sh": 3}
 
 
 def test_every_shell_script_has_a_smoke_test():

@@ -24,9 +24,11 @@ def _metrics(run_dir):
 
 def test_fit_runs_logs_evaluates_and_checkpoints(tiny_cfg, tmp_path):
     run = tmp_path / "run"
-    results = fit(tiny_cfg("experiment=srt", *PARITY_REWARD, run_dir=run))
+    cfg = tiny_cfg("experiment=srt", *PARITY_REWARD, run_dir=run)
+    task = cfg.data.task  # the demo's task (configs/experiment/srt.yaml)
+    results = fit(cfg)
     assert results["steps"] == 2
-    assert {"val/letter_counting/mean@2", "val/letter_counting/maj@2", "val/letter_counting/pass@2"} <= set(
+    assert {f"val/{task}/mean@2", f"val/{task}/maj@2", f"val/{task}/pass@2"} <= set(
         results["before"]) and set(results["before"]) == set(results["after"])
     rows = _metrics(run)
     assert set(DESIGN_METRICS) <= set(rows[0])
@@ -35,7 +37,7 @@ def test_fit_runs_logs_evaluates_and_checkpoints(tiny_cfg, tmp_path):
     assert sorted(f.name for f in (run / "checkpoints").iterdir()) == ["last.ckpt"]  # one file, no leftover .tmp
     assert json.loads((run / "results.json").read_text())["steps"] == 2
     assert plot_run(run).stat().st_size > 10_000  # a PNG with the default panels
-    samples = [json.loads(x) for x in (run / "samples" / "letter_counting_step2.jsonl").read_text().splitlines()]
+    samples = [json.loads(x) for x in (run / "samples" / f"{task}_step2.jsonl").read_text().splitlines()]
     assert len(samples) == 4 and len(samples[0]["texts"]) == 2 and samples[0]["gold"]
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2 and ckpt["optimizer_states"][0]["state"]
