@@ -51,26 +51,26 @@ class Sampler(LogitsProcessor):
             token = logits.argmax(-1, keepdim=True)  # [rows, 1]
             self.steps.append(torch.log_softmax(logits, -1).gather(-1, token).squeeze(-1))
         else:
-            logits = logits / self.temperature
-            self.steps.append(torch.log_softmax(logits, -1))  # replaced by the gathered value below
-            token = self._draw(logits)
-            self.steps[-1] = self.steps[-1].gather(-1, token).squeeze(-1)
+            logp = torch.log_softmax(logits / self.temperature, -1)  # [rows, V]
+            token = self._draw(logp)
+            self.steps.append(logp.gather(-1, token).squeeze(-1))
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, token, 0.0)
 
-    def _draw(self, logits: torch.Tensor) -> torch.Tensor:
-        """[rows, 1] tokens from softmax(logits) after top-k and top-p truncation, one uniform per row."""
-        if self.top_k and self.top_k < logits.shape[-1]:
-            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]  # [rows, 1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, -1)  # [rows, V]
+    def _draw(self, logp: torch.Tensor) -> torch.Tensor:
+        """[rows, 1] tokens from exp(logp) after top-k and top-p truncation, one uniform per row."""
+        if self.top_k and self.top_k < logp.shape[-1]:
+            kth = logp.topk(self.top_k, dim=-1).values[:, -1:]  # [rows, 1]
+            logp = logp.masked_fill(logp < kth, float("-inf"))
+        probs = logp.exp()  # [rows, V]; sums to 1 before truncation, and the draw rescales after it
         if self.top_p < 1.0:
+            probs = probs / probs.sum(-1, keepdim=True)
             sorted_probs, order = probs.sort(-1, descending=True)
             before = sorted_probs.cumsum(-1) - sorted_probs  # probability mass ranked above each token
             drop = (before >= self.top_p).scatter(-1, order, before >= self.top_p)  # keep the top-p nucleus
             probs = probs.masked_fill(drop, 0.0)
-        cdf = probs.double().cumsum(-1)  # [rows, V]
-        u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+        cdf = probs.cumsum(-1)  # [rows, V]
+        u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
         return torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
 
     def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
