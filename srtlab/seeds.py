@@ -9,6 +9,7 @@ whatever identifies one draw within the stream (the step, a task and level, a ba
 from __future__ import annotations
 
 import hashlib
+import zlib
 
 # The named streams, and what each one seeds.
 STREAMS = {
@@ -41,3 +42,21 @@ def train_seed(run_seed: int, step: int, rank: int = 0) -> int:
     one-process run is unchanged; every other rank draws its own, so the ranks' samples differ and the
     step's samples over all ranks are a pure function of (seed, step, number of ranks)."""
     return seed_for(run_seed, "train", step) if rank == 0 else seed_for(run_seed, "train", step, "rank", rank)
+
+
+# The data streams keep the formulas every measured table in docs/ was drawn with (a new hash would change
+# which questions are held out, and so every before/after figure); they live here so no other module
+# carries a seed formula.
+HELD_OUT_OFFSET = 1_000_003  # held-out prompts: seed + this, so they differ from the training prompts
+
+
+def data_seed(run_seed: int, task: str = "", level: int | None = None) -> int:
+    """The seed of a task's training prompts (of one curriculum level when ``level`` is given)."""
+    if level is None:
+        return run_seed
+    return (run_seed * 1_000_003 + zlib.crc32(f"{task}/{level}".encode())) % 2**31
+
+
+def heldout_seed(run_seed: int, task: str = "", level: int | None = None) -> int:
+    """The seed of a task's held-out prompts (of one curriculum level when ``level`` is given)."""
+    return data_seed(run_seed + HELD_OUT_OFFSET, task, level)

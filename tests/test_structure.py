@@ -116,3 +116,13 @@ def test_a_step_writes_its_training_samples_and_entropy_covers_every_sample(tiny
     assert sum(r["advantage"] for r in rows) == pytest.approx(0.0, abs=1e-6)  # RLOO: zero-sum per group
     metrics = read_metrics(run)
     assert metrics["train/entropy"][0] > 0 and "train/answer_concentration" in metrics
+
+
+def test_data_seeds_keep_the_values_every_measured_table_was_drawn_with():
+    import zlib
+
+    from srtlab.seeds import data_seed, heldout_seed
+
+    assert data_seed(3) == 3 and heldout_seed(3) == 3 + 1_000_003
+    assert data_seed(3, "chain_sum", 1) == (3 * 1_000_003 + zlib.crc32(b"chain_sum/1")) % 2**31
+    assert heldout_seed(3, "chain_sum", 1) == data_seed(3 + 1_000_003, "chain_sum", 1)

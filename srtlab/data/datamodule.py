@@ -18,7 +18,6 @@ of levels (``set_mixture``); the batch of step ``s`` is then a pure function of 
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -35,14 +34,8 @@ from srtlab.data.sources import (
     read_labels,
     reads_builtins_only,
 )
+from srtlab.seeds import data_seed, heldout_seed
 from srtlab.types import Prompt, PromptBatch
-
-HELD_OUT_SEED_OFFSET = 1_000_003  # held-out prompts use seed + this, so they differ from training
-
-
-def level_seed(seed: int, task: str, level: int) -> int:
-    """The data seed of one curriculum level: a function of (seed, task, level), stable across processes."""
-    return (seed * 1_000_003 + zlib.crc32(f"{task}/{level}".encode())) % 2**31
 
 
 def allocate(weights: Sequence[float], total: int) -> list[int]:
@@ -141,7 +134,7 @@ class PromptDataModule(L.LightningDataModule):
         batch_size: prompts per training step over all ranks (the global B; each of N ranks trains B/N).
         train_size, val_size: number of training / held-out prompts.
         val_batch_size: prompts per generate call during evaluation.
-        seed: data seed; held-out prompts use ``seed + 1_000_003``, have distinct questions, and
+        seed: data seed; held-out prompts use ``seeds.heldout_seed(seed)``, have distinct questions, and
             training prompts leave those questions out.
         extra_val: more held-out sets by name, each a zero-argument factory (e.g. MATH-500).
         train_ids_from: a teacher labels file (``python -m srtlab label``): train only on its kept
@@ -187,7 +180,7 @@ class PromptDataModule(L.LightningDataModule):
         if self.train is not None:
             return
         make = self.source_of(self.task)
-        held_out = make(config=self.task_config, size=self.val_size, seed=self.seed + HELD_OUT_SEED_OFFSET,
+        held_out = make(config=self.task_config, size=self.val_size, seed=heldout_seed(self.seed),
                         split="val", prompt=self.prompt, distinct=True)
         self.train = make(config=self.task_config, size=self.train_size, seed=self.seed, split="train",
                           prompt=self.prompt, exclude_questions=held_out.questions())
@@ -238,16 +231,16 @@ class PromptDataModule(L.LightningDataModule):
     def add_levels(self, task: str, configs: Sequence[dict], val_size: int, prompt: PromptFormat | None = None) -> None:
         """Register a task's difficulty levels (one task config each) and build their held-out sets.
 
-        Level ``l`` draws its prompts with seed ``level_seed(seed, task, l)`` (held-out: from ``seed +
-        1_000_003``). Every level's training prompts leave out the held-out questions of all levels of
-        the task, and of the datamodule's own held-out set, since levels may overlap.
+        Level ``l`` draws its prompts with seed ``seeds.data_seed(seed, task, l)`` (held-out:
+        ``seeds.heldout_seed(seed, task, l)``). Every level's training prompts leave out the held-out
+        questions of all levels of the task, and of the datamodule's own held-out set, since levels may overlap.
         """
         self.setup()
         self.level_configs[task] = [dict(c) for c in configs]
         self.level_prompt[task] = prompt or self.prompt
         for level, config in enumerate(self.level_configs[task]):
             self.level_val[task, level] = self.source_of(task)(
-                config=config, size=val_size, seed=level_seed(self.seed + HELD_OUT_SEED_OFFSET, task, level),
+                config=config, size=val_size, seed=heldout_seed(self.seed, task, level),
                 split="val", prompt=self.level_prompt[task], distinct=True, level=level)
 
     def level_train(self, task: str, level: int) -> ReasoningGymSource | DatasetSource:
@@ -260,7 +253,7 @@ class PromptDataModule(L.LightningDataModule):
                 if t == task:
                     held_out |= source.questions()
             self._level_train[task, level] = self.source_of(task)(
-                config=self.level_configs[task][level], size=self.train_size, seed=level_seed(self.seed, task, level),
+                config=self.level_configs[task][level], size=self.train_size, seed=data_seed(self.seed, task, level),
                 split="train", prompt=self.level_prompt[task], exclude_questions=frozenset(held_out), level=level)
         return self._level_train[task, level]
 
@@ -284,7 +277,7 @@ class PromptDataModule(L.LightningDataModule):
         for (task, level, _), count in zip(self.mixture, counts):
             if count:
                 source = self.level_train(task, level)
-                idx = batch_indices(step, count, len(source), level_seed(self.seed, task, level))
+                idx = batch_indices(step, count, len(source), data_seed(self.seed, task, level))
                 prompts += [source[i] for i in idx]
         return rank_share(prompts, *self._rank())
 
