@@ -28,54 +28,33 @@ from srtlab.seeds import seed_for
 from srtlab.types import Prompt, RolloutBatch
 
 
-class Sampler(LogitsProcessor):
-    """Samples the next token itself and records its log-prob; ``generate`` then runs greedy on the result.
+class SampledLogprobs(LogitsProcessor):
+    """Records the log-prob of each sampled token under the sampling model at the sampling temperature.
 
-    ``generate``'s own sampling draws an exponential variate for every vocabulary entry of every row
-    (``torch.multinomial``): 64 rows x 49,152 tokens cost 48-63 ms per decode step on a 2-core CPU, more
-    than the step's matmuls. Inverse-CDF sampling needs one uniform variate per row: the next token is
-    where the row's cumulative probability first exceeds it, which is exactly the categorical draw. This
-    processor applies temperature, top-k and top-p (as ``generate``'s warpers do), draws the token from
-    the global torch generator (seeded per call by the engine), returns scores that make it the argmax,
-    and records ``log_softmax(logits / T)`` at the token: the untruncated log-prob at the sampling
-    temperature, which is what the trainer computes (``srtlab.models.forward.token_logprobs``).
+    ``generate`` runs custom processors before its temperature/top-k/top-p warpers, and shows a processor
+    the token chosen at step t only at step t+1 (as the last input id), so this keeps one step of
+    ``log_softmax(scores / T)`` [rows, V] and gathers at the next call (and once more after the last
+    step, :meth:`finish`). Top-k/top-p truncation is not applied: the trainer's log-probs
+    (``srtlab.models.forward.token_logprobs``) are untruncated at the same temperature, so the two compare.
     """
 
-    def __init__(self, temperature: float, top_k: int = 0, top_p: float = 1.0) -> None:
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature or 1.0
+        self.previous: torch.Tensor | None = None  # [rows, V]
         self.steps: list[torch.Tensor] = []  # each [rows]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logits = scores.float()  # [rows, V]
-        if self.temperature == 0:  # greedy: the argmax, recorded at temperature 1
-            token = logits.argmax(-1, keepdim=True)  # [rows, 1]
-            self.steps.append(torch.log_softmax(logits, -1).gather(-1, token).squeeze(-1))
-        else:
-            logp = torch.log_softmax(logits / self.temperature, -1)  # [rows, V]
-            token = self._draw(logp)
-            self.steps.append(logp.gather(-1, token).squeeze(-1))
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(-1, token, 0.0)
-
-    def _draw(self, logp: torch.Tensor) -> torch.Tensor:
-        """[rows, 1] tokens from exp(logp) after top-k and top-p truncation, one uniform per row."""
-        if self.top_k and self.top_k < logp.shape[-1]:
-            kth = logp.topk(self.top_k, dim=-1).values[:, -1:]  # [rows, 1]
-            logp = logp.masked_fill(logp < kth, float("-inf"))
-        probs = logp.exp()  # [rows, V]; sums to 1 before truncation, and the draw rescales after it
-        if self.top_p < 1.0:
-            probs = probs / probs.sum(-1, keepdim=True)
-            sorted_probs, order = probs.sort(-1, descending=True)
-            before = sorted_probs.cumsum(-1) - sorted_probs  # probability mass ranked above each token
-            drop = (before >= self.top_p).scatter(-1, order, before >= self.top_p)  # keep the top-p nucleus
-            probs = probs.masked_fill(drop, 0.0)
-        cdf = probs.cumsum(-1)  # [rows, V]
-        u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
-        return torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
 
     def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
-        """[rows, steps] log-probs of the tokens ``generate`` returned (one recorded per decode step)."""
-        return torch.stack(self.steps[: new_tokens.shape[1]], 1) if self.steps else torch.zeros(new_tokens.shape[0], 0)
+        """[rows, steps] log-probs of ``new_tokens`` [rows, steps] (what generate returned)."""
+        if self.previous is not None and len(self.steps) < new_tokens.shape[1]:
+            self.steps.append(self.previous.gather(-1, new_tokens[:, len(self.steps):len(self.steps) + 1]).squeeze(-1))
+        self.previous = None
+        return torch.stack(self.steps, 1) if self.steps else torch.zeros(new_tokens.shape[0], 0)
 
 
 def _trim(tokens: list[int], eos: set[int]) -> list[int]:
@@ -157,16 +136,18 @@ class HFEngine:
             for static, layer in zip(cache.layers, prefill.layers):  # copy the prompt's cache G times
                 static.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0))
             del prefill
-        sampler = Sampler(s.temperature, s.top_k, s.top_p)  # generate runs greedy on the sampler's choice
+        greedy = s.temperature == 0
+        recorder = SampledLogprobs(s.temperature)
         out = self.model.generate(
-            input_ids=ids_n, attention_mask=mask_n, do_sample=False, temperature=None, top_p=None, top_k=None,
-            max_new_tokens=s.max_new_tokens,
+            input_ids=ids_n, attention_mask=mask_n, do_sample=not greedy,
+            temperature=None if greedy else s.temperature, top_p=None if greedy else s.top_p,
+            top_k=None if greedy or not s.top_k else s.top_k, max_new_tokens=s.max_new_tokens,
             eos_token_id=self._eos_ids(), pad_token_id=pad,
             stop_strings=s.stop or None, tokenizer=self.tokenizer if s.stop else None,
-            logits_processor=LogitsProcessorList([sampler]), **{CACHE: cache},
+            logits_processor=LogitsProcessorList([recorder]), **{CACHE: cache},
         )
         new = out[:, ids.shape[1]:]  # [b*n, steps]
-        return [row.tolist() for row in new], [row.tolist() for row in sampler.finish(new).cpu()]
+        return [row.tolist() for row in new], [row.tolist() for row in recorder.finish(new).cpu()]
 
     @torch.no_grad()
     def next_token_logprobs(self, prompts: list[list[dict[str, str]]], token_ids: list[int],
