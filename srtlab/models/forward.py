@@ -8,6 +8,7 @@ pass shared by its G completions through the KV cache) and :func:`token_logprobs
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -93,6 +94,11 @@ class TokenLogprobs(NamedTuple):
     logp: torch.Tensor  # [b*n, T] log-prob of each sampled token (with grad when the pass has one)
     mask: torch.Tensor  # [b*n, T] bool, True on real completion tokens
     entropy: torch.Tensor  # [b*n, T] entropy of the tempered next-token distribution (detached)
+
+
+# (prompt ids [b], completion ids [b*n], n) -> TokenLogprobs: :func:`token_logprobs` bound to one model, its
+# padding and temperature; what the loss pass and the weight-sync probe take.
+LogprobFn = Callable[[list[list[int]], list[list[int]], int], TokenLogprobs]
 
 
 def token_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], n: int, pad_id: int,

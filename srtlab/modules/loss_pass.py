@@ -21,11 +21,9 @@ import torch
 
 from srtlab.algorithms.losses import aggregate, importance_weights, kl_k3, masked_mean, policy_gradient_loss
 from srtlab.algorithms.settings import AlgorithmSettings
-from srtlab.models.forward import TokenLogprobs, pad_values, right_pad
+from srtlab.models.forward import LogprobFn, pad_values, right_pad
 from srtlab.modules import ranks
 from srtlab.types import RolloutBatch
-
-LogprobFn = Callable[[list[list[int]], list[list[int]], int], TokenLogprobs]  # (prompt ids, completion ids, n)
 
 
 def micro_batches(r: RolloutBatch, groups: list[int], size: int) -> Iterator[tuple[list[int], list[list[int]],

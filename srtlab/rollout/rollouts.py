@@ -16,8 +16,9 @@ from typing import Protocol
 
 import torch
 
+from srtlab.models.forward import LogprobFn
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
-from srtlab.rollout.sync import LogprobFn, LogprobProbe, policy_weights
+from srtlab.rollout.sync import LogprobProbe, policy_weights
 from srtlab.seeds import seed_for, train_seed
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 

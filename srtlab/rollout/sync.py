@@ -18,17 +18,14 @@ losing weights, LoRA mapped wrong). Peer frameworks' most reported bug, so it is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
+from srtlab.models.forward import LogprobFn
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.types import Prompt
-
-# (prompt ids [b], completion ids [b*n], n) -> (log-probs [b*n, T], mask [b*n, T], entropy [b*n, T]) under the
-# trainer's weights at the sampling temperature (``srtlab.models.forward.token_logprobs`` bound to the policy)
-LogprobFn = Callable[[list[list[int]], list[list[int]], int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 PEFT_PREFIX = "base_model.model."  # peft's PeftModel -> LoraModel -> the base model
 
