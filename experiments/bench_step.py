@@ -64,7 +64,8 @@ def main() -> None:
 
     module = PolicyModule(model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
                           algorithm=instantiate(cfg.algorithm), optim=instantiate(cfg.optim),
-                          micro_batch_prompts=cfg.micro_batch_prompts, temperature=cfg.rollout.sampling.temperature)
+                          micro_batch_prompts=cfg.micro_batch_prompts, temperature=cfg.rollout.sampling.temperature,
+                          activation_checkpointing=cfg.model.activation_checkpointing)
     module.configure_model()
     opt = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     dm = instantiate(cfg.data, _convert_="all")

@@ -167,11 +167,13 @@ def _assert_same_as_one_process(one, two, model_dir):
     # the ranks passed different sampling seeds to their engines at each training step
     calls = {r: [c for c in _lines(two / f"engine_rank{r}.jsonl") if len(c["ids"]) == 2] for r in (0, 1)}
     assert len(calls[0]) == len(calls[1]) == 2 and all(x["seed"] != y["seed"] for x, y in zip(calls[0], calls[1]))
-    # same weights after the step: fp32, so the only difference is the order of additions (1e-5)
+    # same weights after the step: fp32, so the only difference is the order of additions. Adam scales each
+    # element's update to about lr (1e-3) whatever its gradient, so an element whose gradient is near
+    # rounding level can end a few 1e-6 apart (1.2e-6 measured, 1 element of 8,192): atol 1e-5
     a, b = torch.load(one / "rank0.pt"), torch.load(two / "rank0.pt")
     assert set(a) == set(b)
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-5)
     other = torch.load(two / "rank1.pt")
     assert all(torch.equal(other[k], b[k]) for k in b)
     from transformers import AutoModelForCausalLM

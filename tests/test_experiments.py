@@ -18,7 +18,7 @@ from srtlab.train import check_config, fit
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SHELL_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.sh"))
 PYTHON_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.py"))
-TESTED_PYTHON = {"bench_step.py", "bench_vote.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py",
+TESTED_PYTHON = {"bench_step.py", "bench_generate.py", "bench_vote.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py",
                  "gpu_check.py", "collapse_summary.py", "seed_table.py"}
 
 
@@ -41,6 +41,13 @@ def test_bench_step_runs_one_step_on_the_tiny_model(tiny_model_dir, tmp_path, mo
                                         *TINY_OVERRIDES], monkeypatch, capsys)
     assert "SRT step: 2 prompts x 4 samples" in out and "generation tokens/s" in out
     assert "ratio" in out and "roofline" in out and "TFLOP/s" in out
+
+
+def test_bench_generate_runs_fixed_lengths_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    out = _run_script("bench_generate.py", ["--rows", "8", "--new", "2,3", "--train", "5", f"model.path={tiny_model_dir}",
+                                            f"run_dir={tmp_path}", *TINY_OVERRIDES], monkeypatch, capsys)
+    assert "8 sequences x    3 new tokens" in out and "tokens/s" in out and "ratio" in out
+    assert "x     5 tokens" in out and "log_softmax" in out
 
 
 def test_gpu_check_runs_small_on_the_cpu(tiny_model_dir, monkeypatch, capsys):

@@ -20,6 +20,7 @@ class SamplingSettings:
     top_k: int | None = 0  # 0 or None: off
     max_new_tokens: int = 128
     stop: list[str] = field(default_factory=list)  # extra stop strings besides the eos token
+    min_new_tokens: int = 0  # no eos before this many tokens (benchmarks of fixed length; vLLM's min_tokens)
 
     def __post_init__(self) -> None:
         if self.top_k is None:  # both mean "off"; engines take an int
@@ -35,6 +36,9 @@ class SamplingSettings:
             raise ValueError(f"{key}.top_k={self.top_k}; must be >= 0 (0 or null: off)")
         if not self.max_new_tokens >= 1:
             raise ValueError(f"{key}.max_new_tokens={self.max_new_tokens}; must be >= 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"{key}.min_new_tokens={self.min_new_tokens}; must be in [0, max_new_tokens="
+                             f"{self.max_new_tokens}]")
         if not all(isinstance(s, str) and s for s in self.stop):
             raise ValueError(f"{key}.stop={self.stop!r}; must be a list of non-empty strings")
 

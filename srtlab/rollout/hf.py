@@ -19,42 +19,90 @@ import copy
 from collections.abc import Iterable
 
 import torch
-from transformers import DynamicCache, LogitsProcessor, LogitsProcessorList, StaticCache
+from transformers import (
+    DynamicCache,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StaticCache,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from srtlab.eval.extract import extract_answer
+from srtlab.models.attention import NAME as DECODE_ATTENTION
 from srtlab.models.forward import CACHE, left_pad
 from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
 from srtlab.seeds import seed_for
 from srtlab.types import Prompt, RolloutBatch
 
 
-class SampledLogprobs(LogitsProcessor):
-    """Records the log-prob of each sampled token under the sampling model at the sampling temperature.
+class Sampler(LogitsProcessor):
+    """Samples the next token itself and records its log-prob; ``generate`` then runs greedy on its choice.
 
-    ``generate`` runs custom processors before its temperature/top-k/top-p warpers, and shows a processor
-    the token chosen at step t only at step t+1 (as the last input id), so this keeps one step of
-    ``log_softmax(scores / T)`` [rows, V] and gathers at the next call (and once more after the last
-    step, :meth:`finish`). Top-k/top-p truncation is not applied: the trainer's log-probs
-    (``srtlab.models.forward.token_logprobs``) are untruncated at the same temperature, so the two compare.
+    Why: ``generate``'s own sampling (``torch.multinomial``) draws an exponential variate for every
+    vocabulary entry of every row: 64 rows x 49,152 tokens cost 46-63 ms per decode step on a 2-core CPU,
+    more than the step's matmuls. The draw here is the same exponential race (the next token is
+    ``argmin_i E_i / p_i``, ``E_i ~ Exp(1)``), run in two rounds (:func:`race`): blocks of ``block`` tokens
+    race with their summed probability, then the tokens of the winning block. The first of independent
+    exponential clocks is itself exponential with the summed rate and is each clock with probability
+    proportional to its rate, so this draws exactly the categorical distribution, with ``V / block +
+    block`` variates per row (448 for 49,152 tokens, not 49,152). A race, not an inverse CDF over one
+    uniform: a race changes its winner only on a near tie, so rounding-level changes of the logits (a bf16
+    copy of weights that two ranks and one process hold 1e-6 apart after an optimizer step) leave the
+    draws as they were, which the data-parallel parity tests need.
+
+    Temperature, top-k and top-p truncation are applied first (with ``transformers``' own warpers); the
+    recorded log-prob is the untruncated ``log_softmax(logits / T)`` at the drawn token, which is what the
+    trainer computes (``srtlab.models.forward.token_logprobs``). Temperature 0 takes the argmax and records
+    at temperature 1. Random numbers come from the global torch generator (the engine seeds it per call).
     """
 
-    def __init__(self, temperature: float) -> None:
-        self.temperature = temperature or 1.0
-        self.previous: torch.Tensor | None = None  # [rows, V]
+    def __init__(self, temperature: float, top_k: int = 0, top_p: float = 1.0, block: int = 256) -> None:
+        self.temperature, self.block = temperature, block
+        self.warpers = ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
         self.steps: list[torch.Tensor] = []  # each [rows]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
-        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
+        logits = scores.float()  # [rows, V]
+        if self.temperature == 0:
+            logp = torch.log_softmax(logits, -1)
+            token = logp.argmax(-1, keepdim=True)  # [rows, 1]
+        else:
+            logp = torch.log_softmax(logits / self.temperature, -1)  # [rows, V]
+            weights = logp
+            for warp in self.warpers:  # truncation: -inf outside the kept tokens
+                weights = warp(input_ids, weights)
+            token = race(weights, self.block)
+        self.steps.append(logp.gather(-1, token).squeeze(-1))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
     def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
-        """[rows, steps] log-probs of ``new_tokens`` [rows, steps] (what generate returned)."""
-        if self.previous is not None and len(self.steps) < new_tokens.shape[1]:
-            self.steps.append(self.previous.gather(-1, new_tokens[:, len(self.steps):len(self.steps) + 1]).squeeze(-1))
-        self.previous = None
-        return torch.stack(self.steps, 1) if self.steps else torch.zeros(new_tokens.shape[0], 0)
+        """[rows, steps] log-probs of the tokens ``generate`` returned (one recorded per decode step)."""
+        return torch.stack(self.steps[: new_tokens.shape[1]], 1) if self.steps else torch.zeros(new_tokens.shape[0], 0)
+
+
+def race(log_weights: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """[rows, 1] tokens drawn with probability proportional to ``exp(log_weights)`` [rows, V] (-inf: never),
+    where ``log_weights`` are log-probabilities (<= 0), possibly truncated.
+
+    The exponential race of :class:`Sampler` in two rounds: the vocabulary in blocks of ``block`` tokens
+    races by block mass, then the winning block's tokens race. Every row draws the same number of variates
+    (``V / block + block``) whatever wins, so one row's draw never shifts another's random numbers."""
+    rows, vocab = log_weights.shape
+    blocks = -(-vocab // block)
+    w = log_weights
+    if blocks * block != vocab:  # 49,152 = 192 x 256 needs no padding
+        w = torch.nn.functional.pad(w, (0, blocks * block - vocab), value=float("-inf"))
+    w = w.reshape(rows, blocks, block)
+    first = _earliest(w.exp().sum(-1).log())  # [rows, 1] the winning block (log-probs: exp cannot overflow)
+    inner = w.gather(1, first.unsqueeze(-1).expand(rows, 1, block)).squeeze(1)  # [rows, block]
+    return first * block + _earliest(inner)
+
+
+def _earliest(log_rates: torch.Tensor) -> torch.Tensor:
+    """[rows, 1] index of the first of independent exponential clocks with rates ``exp(log_rates)`` [rows, n]."""
+    clocks = torch.empty_like(log_rates).exponential_().log() - log_rates  # log(E / rate)
+    return clocks.masked_fill(log_rates == float("-inf"), float("inf")).argmin(-1, keepdim=True)  # rate 0 never
 
 
 def _trim(tokens: list[int], eos: set[int]) -> list[int]:
@@ -86,6 +134,8 @@ class HFEngine:
             if hasattr(sampler, "merge_and_unload"):  # LoRA: a plain model (the copy, never the policy, is merged)
                 sampler = sampler.merge_and_unload()  # synced with merged weights (srtlab.rollout.sync)
             self.model = sampler.to(getattr(torch, dtype)).eval().requires_grad_(False)
+            if self.model.config._attn_implementation == "sdpa":  # decode attention as two matmuls
+                self.model.set_attn_implementation(DECODE_ATTENTION)
         self.tokenizer = tokenizer
         self.answer_style = answer_style
         self.prompts_per_call = prompts_per_call
@@ -131,23 +181,23 @@ class HFEngine:
         if self.share_prefill and ids.shape[1] > 1:
             prefill = DynamicCache(config=self.model.config)
             positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
-            self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
-                       use_cache=True, logits_to_keep=1, **{CACHE: prefill})
+            # the decoder alone: the prefill's logits are not used, and the head on a [b, 1, d] slice ran
+            # as a batched matmul over a copy of the [d, V] weight per prompt (270 ms of a 1.3 s call)
+            self.model.get_decoder()(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
+                                     use_cache=True, **{CACHE: prefill})
             for static, layer in zip(cache.layers, prefill.layers):  # copy the prompt's cache G times
                 static.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0))
             del prefill
-        greedy = s.temperature == 0
-        recorder = SampledLogprobs(s.temperature)
+        sampler = Sampler(s.temperature, s.top_k, s.top_p)  # generate runs greedy on the sampler's choice
         out = self.model.generate(
-            input_ids=ids_n, attention_mask=mask_n, do_sample=not greedy,
-            temperature=None if greedy else s.temperature, top_p=None if greedy else s.top_p,
-            top_k=None if greedy or not s.top_k else s.top_k, max_new_tokens=s.max_new_tokens,
-            eos_token_id=self._eos_ids(), pad_token_id=pad,
+            input_ids=ids_n, attention_mask=mask_n, do_sample=False, temperature=None, top_p=None, top_k=None,
+            max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None, eos_token_id=self._eos_ids(),
+            pad_token_id=pad,
             stop_strings=s.stop or None, tokenizer=self.tokenizer if s.stop else None,
-            logits_processor=LogitsProcessorList([recorder]), **{CACHE: cache},
+            logits_processor=LogitsProcessorList([sampler]), **{CACHE: cache},
         )
         new = out[:, ids.shape[1]:]  # [b*n, steps]
-        return [row.tolist() for row in new], [row.tolist() for row in recorder.finish(new).cpu()]
+        return [row.tolist() for row in new], [row.tolist() for row in sampler.finish(new).cpu()]
 
     @torch.no_grad()
     def next_token_logprobs(self, prompts: list[list[dict[str, str]]], token_ids: list[int],

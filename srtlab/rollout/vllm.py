@@ -119,7 +119,8 @@ class VLLMEngine:
         greedy = sampling.temperature == 0
         params = [SamplingParams(
             n=n, temperature=sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
-            top_k=0 if greedy else sampling.top_k, max_tokens=sampling.max_new_tokens, stop=list(sampling.stop),
+            top_k=0 if greedy else sampling.top_k, max_tokens=sampling.max_new_tokens,
+            min_tokens=sampling.min_new_tokens, stop=list(sampling.stop),
             include_stop_str_in_output=True, stop_token_ids=self.eos_ids, seed=seed_for(seed, "request", b),
             logprobs=0, skip_special_tokens=True) for b in range(len(prompt_ids))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params,

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from srtlab.rollout.engine import SamplingSettings
@@ -43,3 +44,93 @@ def test_bf16_sampling_copy_is_synced_tensor_by_tensor(tiny_model_and_tokenizer)
     for k, v in eng.model.state_dict().items():
         torch.testing.assert_close(v, new[k].to(torch.bfloat16))
     assert HFEngine(model, tok).shares_policy  # no copy without a dtype
+
+
+@pytest.mark.parametrize("block", [2, 256])  # 2: three blocks of 2 (one padded), two rounds; 256: one block
+def test_sampler_draws_the_tempered_truncated_distribution(block):
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    from srtlab.rollout.hf import Sampler
+
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.4, 0.25, 0.15, 0.12, 0.08]])).repeat(40_000, 1)  # [rows, V]
+    for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8)]:
+        sampler = Sampler(temperature, top_k, top_p, block=block)
+        out = sampler(torch.zeros(len(logits), 1, dtype=torch.long), logits.clone())
+        tokens = out.argmax(-1)  # what generate's greedy step takes
+        assert torch.isfinite(out).sum() == len(logits)  # one finite score per row: the sampled token
+        expected = logits[:1] / temperature
+        if top_k:
+            expected = TopKLogitsWarper(top_k)(None, expected)
+        if top_p < 1:
+            expected = TopPLogitsWarper(top_p)(None, expected)
+        probs = torch.softmax(expected, -1)[0]
+        freq = torch.bincount(tokens, minlength=5).float() / len(tokens)
+        torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)  # 40,000 draws: std <= 0.0025
+        assert freq[probs == 0].sum() == 0  # truncated tokens are never drawn
+        # the recorded log-prob is the untruncated tempered one, at the drawn token
+        logp = torch.log_softmax(logits[:1] / temperature, -1)[0]
+        torch.testing.assert_close(sampler.steps[0], logp[tokens])
+
+
+def test_sampler_draws_do_not_move_with_rounding_noise():
+    """Logits a little apart (a bf16 copy of weights that ranks and one process hold 1e-6 apart) draw the
+    same tokens except on near ties, also when the far tail wins (a nearly uniform tiny random model)."""
+    from srtlab.rollout.hf import Sampler
+
+    torch.manual_seed(1)
+    logits = torch.randn(4096, 1000) * 0.01  # [rows, V]
+    moved = logits + 1e-2 * torch.randn_like(logits)  # an inverse CDF over one uniform moves 9% of these draws
+    draws = []
+    for scores in (logits, moved):
+        torch.manual_seed(0)
+        draws.append(Sampler(1.0, block=32)(None, scores).argmax(-1))
+    assert (draws[0] != draws[1]).float().mean() < 0.02
+
+
+def test_decode_attention_equals_sdpa():
+    """The sampling copy's decode attention (srtlab.models.attention) against transformers' SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from srtlab.models.attention import decode_attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    q, k, v = torch.randn(4, 9, 1, 16), torch.randn(4, 3, 7, 16), torch.randn(4, 3, 7, 16)  # GQA: 9 heads on 3
+    mask = torch.ones(4, 1, 1, 7, dtype=torch.bool)
+    mask[0, ..., :3] = False  # left padding
+    mask[1, ..., 5:] = False  # the unwritten end of a static cache
+    with torch.no_grad():
+        for m in (mask, None):
+            ours, _ = decode_attention(module, q, k, v, m, scaling=0.25)
+            ref, _ = sdpa_attention_forward(module, q, k, v, m, scaling=0.25)
+            assert ours.shape == ref.shape == (4, 1, 9, 16)
+            torch.testing.assert_close(ours, ref)
+
+
+def test_sampling_copy_generates_as_with_sdpa(tiny_model_and_tokenizer):
+    """The bf16 sampling copy decodes with srtlab's attention and draws what SDPA would draw."""
+    model, tok = tiny_model_and_tokenizer
+    s = SamplingSettings(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=6, stop=[])
+    eng = HFEngine(model, tok, dtype="bfloat16")
+    assert eng.model.config._attn_implementation == "srtlab_decode"
+    ours = eng.generate(_prompts(), 3, s, seed=0)
+    eng.model.set_attn_implementation("sdpa")
+    ref = eng.generate(_prompts(), 3, s, seed=0)
+    assert ours.completion_ids == ref.completion_ids
+    torch.testing.assert_close(torch.tensor(ours.sampler_logprobs), torch.tensor(ref.sampler_logprobs), atol=0.02, rtol=0)
+
+
+def test_min_new_tokens_holds_eos_back(tiny_model_and_tokenizer):
+    model, tok = tiny_model_and_tokenizer  # shared with other tests: its eos is put back
+    eos, model.generation_config.eos_token_id = model.generation_config.eos_token_id, 5  # one it draws often
+    try:
+        eng = HFEngine(model, tok)
+        free = eng.generate(_prompts(), 4, SamplingSettings(temperature=1.0, max_new_tokens=12), seed=0)
+        held = eng.generate(_prompts(), 4, SamplingSettings(temperature=1.0, max_new_tokens=12, min_new_tokens=12),
+                            seed=0)
+    finally:
+        model.generation_config.eos_token_id = eos
+    assert any(len(c) < 12 for c in free.completion_ids)  # eos stops some rows early ...
+    assert all(len(c) == 12 and 5 not in c for c in held.completion_ids)  # ... not before min_new_tokens

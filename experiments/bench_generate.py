@@ -1,0 +1,120 @@
+"""Generation and training at fixed lengths against the machine's roofline (issue 15, items 2 and 3).
+
+``bench_step.py`` measures the default step, whose completions stop after ~5 tokens. This one fixes the
+lengths (``min_new_tokens = max_new_tokens``: no eos before the budget) and measures
+
+- generation: tokens/s of one ``generate`` call of the engine (default config: the bf16 sampling copy) at
+  each number of sequences (prompts x 8 samples) and new tokens, against the roofline of that work
+  (``srtlab.perf.generate_work``: FLOPs at the bf16 matmul peak, weight and KV-cache bytes at the memory
+  bandwidth);
+- training: one forward + backward pass (``PolicyModule.accumulate_gradients``, bf16 autocast) of one prompt's
+  8 completions of each length, with the share of the log-softmax (forward and backward) in it.
+
+    python experiments/bench_generate.py                                   # 64/256 sequences x 32/256 tokens
+    python experiments/bench_generate.py --rows 64 --new 32,256 --train 256
+    python experiments/bench_generate.py --rows= --train 1024 model.activation_checkpointing=true
+
+8 x 1,024 tokens ran out of 24 GiB without activation checkpointing (the saved activations of 30 layers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import statistics
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from srtlab import config_dir
+from srtlab.algorithms.advantages import compute_advantages
+from srtlab.modules.policy import PolicyModule
+from srtlab.perf import ModelShape, generate_work, measure_bandwidth, measure_matmul_flops, train_work
+from srtlab.rollout.engine import SamplingSettings
+from srtlab.train import register_resolvers
+from srtlab.types import RolloutBatch
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=_ints, default=[64, 256], help="sequences per call, comma-separated")
+    parser.add_argument("--new", type=_ints, default=[32, 256], help="new tokens per sequence, comma-separated")
+    parser.add_argument("--train", type=_ints, default=[256], help="completion lengths to train, comma-separated")
+    parser.add_argument("--repeats", type=int, default=1, help="measured calls per point (after one warm-up)")
+    parser.add_argument("overrides", nargs="*", help="fit config overrides")
+    args = parser.parse_args()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *args.overrides])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    module = PolicyModule(model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
+                          algorithm=instantiate(cfg.algorithm), optim=instantiate(cfg.optim),
+                          micro_batch_prompts=cfg.micro_batch_prompts, temperature=cfg.rollout.sampling.temperature,
+                          activation_checkpointing=cfg.model.activation_checkpointing)
+    module.configure_model()
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup()
+    engine = instantiate(cfg.rollout.engine)(model=module.model, tokenizer=module.tokenizer)
+    base = instantiate(cfg.rollout.sampling)
+    n = cfg.rollout.n
+    peak = measure_matmul_flops(torch.bfloat16)
+    bandwidth = measure_bandwidth()
+    shape = ModelShape.of(module.model)
+    print(f"machine: bf16 matmul {peak / 1e12:.2f} TFLOP/s, memory {bandwidth / 1e9:.1f} GB/s; "
+          f"threads={torch.get_num_threads()}, engine dtype={cfg.rollout.engine.dtype}")
+
+    print("generation (one call, fixed lengths)")
+    for rows in args.rows:
+        prompts = [dm.train.prompts[i % len(dm.train.prompts)] for i in range(rows // n)]
+        for new in args.new:
+            sampling = SamplingSettings(temperature=base.temperature, top_p=base.top_p, top_k=base.top_k,
+                                        max_new_tokens=new, min_new_tokens=new)
+            times = []
+            for seed in range(args.repeats + 1):
+                t = time.perf_counter()
+                r = engine.generate(prompts, n, sampling, seed=seed)
+                times.append(time.perf_counter() - t)
+            took = statistics.median(times[1:])
+            tokens = sum(len(c) for c in r.completion_ids)
+            floor = generate_work(shape, [len(p) for p in r.prompt_ids], n, new).roofline_s(peak, bandwidth)
+            print(f"  {rows:4d} sequences x {new:4d} new tokens: {took:7.2f} s  {tokens / took:7.0f} tokens/s  "
+                  f"roofline {floor:6.2f} s ({tokens / floor:7.0f} tokens/s)  ratio {took / floor:4.1f}x")
+
+    print("training pass (1 prompt x 8 completions of fixed length, forward + backward)")
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if str(cfg.trainer.precision).startswith("bf16")
+                else contextlib.nullcontext())
+    prompt = dm.train.prompts[0]
+    prompt_ids = engine.generate([prompt], 1, SamplingSettings(max_new_tokens=1), seed=0).prompt_ids
+    gen = torch.Generator().manual_seed(0)
+    vocab = module.model.config.vocab_size
+    for length in args.train:
+        completions = torch.randint(0, vocab, (n, length), generator=gen).tolist()
+        batch = RolloutBatch(prompts=[prompt], n=n, prompt_ids=prompt_ids, completion_ids=completions,
+                             texts=[""] * n, answers=[None] * n, finish_reasons=["length"] * n)
+        adv = compute_advantages(cfg.algorithm.advantage, torch.arange(n, dtype=torch.float) % 2, n)
+        module.model.zero_grad(set_to_none=True)
+        with autocast:
+            module.accumulate_gradients(batch, adv, lambda loss: loss.backward())  # warm-up
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, autocast:
+            t = time.perf_counter()
+            module.accumulate_gradients(batch, adv, lambda loss: loss.backward())
+            took = time.perf_counter() - t
+        ops = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in ops)
+        softmax = sum(e.self_cpu_time_total for e in ops if "log_softmax" in e.key)
+        floor = train_work(shape, [len(p) for p in prompt_ids], [[length] * n]).roofline_s(peak, bandwidth)
+        print(f"  {n} x {length:5d} tokens: {took:6.2f} s  roofline {floor:5.2f} s  ratio {took / floor:4.1f}x  "
+              f"log_softmax (fwd + bwd) {100 * softmax / total:4.1f}% of CPU time  peak RSS so far "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
