@@ -93,6 +93,14 @@ def test_curriculum_summary_tables_a_climb(tiny_cfg, tmp_path, monkeypatch, caps
                  "trainer.max_steps=1", run_dir=run))
     lines = _run_script("curriculum_summary.py", [str(run)], monkeypatch, capsys).splitlines()
     assert len(lines) == 2 + 2 and all(line.startswith("| climb |") for line in lines[2:])
+    import shutil
+
+    for seed in (0, 1):  # two seeds of one arm: their levels aggregated (identical runs: standard error 0)
+        shutil.copytree(run, tmp_path / f"climb-s{seed}")
+    lines = _run_script("curriculum_summary.py", [str(tmp_path / "climb-s0"), str(tmp_path / "climb-s1")],
+                        monkeypatch, capsys).splitlines()
+    aggregated = [line for line in lines if line.startswith("| climb (2) |")]
+    assert len(aggregated) == 2 and all("± 0.000" in line for line in aggregated)
 
 
 def test_seed_table_gives_mean_and_standard_error(tmp_path, monkeypatch, capsys):
@@ -136,7 +144,7 @@ def _dry_run(script: str, out: Path, *overrides: str) -> list[list[str]]:
     return [c[c.index("srtlab") + 1:] for c in commands]
 
 
-STUDIES = {"compare_rewards.sh": 7, "curriculum_climb.sh": 2, "reflect_retry.sh": 2, "srt_vs_rlvr.sh": 4,
+STUDIES = {"compare_rewards.sh": 7, "curriculum_climb.sh": 6, "reflect_retry.sh": 2, "srt_vs_rlvr.sh": 12,
            "slurm_fit.sh": 1, "collapse_study.sh": 3}
 
 
