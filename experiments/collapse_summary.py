@@ -1,9 +1,9 @@
 """Print the collapse study's table from run folders: held-out mean@k at every evaluation, its peak, the
 final value, steps trained after the peak, steps discarded by rollbacks and guard events.
 
-An evaluation's step is read from metrics.csv, where Lightning logs the evaluation before training at row 0
-and the one after optimizer step s at row s - 1 (see srtlab.report.csv_row); this needs evaluations at
-least two steps apart (trainer.val_check_interval >= 2). Usage: python experiments/collapse_summary.py RUN...
+An evaluation's step is its metrics.csv step: optimizer steps taken before it (0: before training). Runs
+made before srtlab logged that "step" (Lightning's own counter put an evaluation after step s at s - 1)
+are read one step early. Usage: python experiments/collapse_summary.py RUN...
 """
 
 import sys
@@ -17,9 +17,8 @@ def heldout_curve(run: Run) -> dict[int, float]:
     keys = [k for k in run.metrics if k.startswith("val/") and k.split("/")[-1].startswith("mean@")]
     if not keys:
         raise ValueError(f"run {run.path}: no val/<set>/mean@k in its metrics.csv; accepted: a fit run that evaluated")
-    rows = sorted({row for k in keys for row in run.metrics[k]})
-    return {0 if row == 0 else row + 1: min(run.metrics[k][row] for k in keys if row in run.metrics[k])
-            for row in rows}
+    steps = sorted({step for k in keys for step in run.metrics[k]})
+    return {step: min(run.metrics[k][step] for k in keys if step in run.metrics[k]) for step in steps}
 
 
 def summary_row(run: Run) -> dict[str, object]:

@@ -105,7 +105,7 @@ def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
         rivals = [other for other in groups if other != k and groups[other][0].name == name]
         if rivals:
             differ = sorted({item for other in rivals for item in set(k) ^ set(other)} & set(k))
-            name += " (" + ", ".join(f"{a}={v}" for a, v in differ[:3]) + ")"
+            name += " (" + ", ".join(f"{a.rsplit('.', 1)[-1]}={v}" for a, v in differ[:3]) + ")"  # short keys
         labels[name] = members
     return labels
 
@@ -121,12 +121,6 @@ def aggregate(series: list[dict[int, float]]) -> tuple[list[int], list[float], l
         means.append(mean)
         errors.append(math.sqrt(var / len(values)))
     return steps, means, errors
-
-
-def csv_row(step: int) -> int:
-    """The metrics.csv row of the step after which an event happened: train rows count steps from 0, and
-    Lightning logs an evaluation after step s at row s - 1 too, so the event after step s sits at s - 1."""
-    return max(0, step - 1)
 
 
 def _matching(runs: list[Run], pattern: str) -> list[str]:
@@ -152,7 +146,7 @@ def _panel(ax, groups: dict[str, list[Run]], metric: str, colors: dict[str, Any]
                             color=colors[label], alpha=0.2, linewidth=0)
         for run in runs:
             for event in run.events:
-                ax.axvline(csv_row(event["step"]), color=colors[label], alpha=0.6, lw=1,
+                ax.axvline(event["step"], color=colors[label], alpha=0.6, lw=1,
                            ls=ACTION_STYLE.get(event.get("action"), ":"))
     ax.set_title(metric, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
@@ -261,8 +255,8 @@ def render(groups: dict[str, list[Run]]) -> str:
     head = ("<!doctype html><html><head><meta charset='utf-8'><title>srtlab report</title>"
             f"<style>{STYLE}</style></head><body><h1>srtlab training report</h1>")
     note = ("<p class='note'>Lines: mean over seeds; shading: ± one standard error (n = seeds). Vertical lines: guard "
-            "events (dotted warn, dashed stop, dash-dot rollback), at the metrics row of the step that triggered "
-            "them. x: the step as in metrics.csv (from 0); the events table counts optimizer steps taken.</p>")
+            "events (dotted warn, dashed stop, dash-dot rollback), at the step they fired. x: optimizer steps taken "
+            "(0: the evaluation before training; a training step is drawn at the count after its update).</p>")
     parts = [head, note, "<h2>Runs</h2>", runs_table(groups)]
     held = heldout_metrics(runs)
     parts.append("<h2>Held-out accuracy</h2>")

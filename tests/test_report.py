@@ -109,8 +109,8 @@ def test_a_different_setting_with_the_same_name_is_its_own_line(tmp_path):
     make_run(tmp_path / "b", "srt", 1)
     make_run(tmp_path / "c", "srt", 0, lr=1e-5)
     groups = group_runs(find_runs([tmp_path / "a", tmp_path / "b", tmp_path / "c"]))
-    assert sorted((k, len(v)) for k, v in groups.items()) == [("srt (optim.lr=1e-05)", 1),
-                                                              ("srt (optim.lr=2e-06)", 2)]
+    assert sorted((k, len(v)) for k, v in groups.items()) == [("srt (lr=1e-05)", 1),
+                                                              ("srt (lr=2e-06)", 2)]
 
 
 def test_report_page_is_self_contained_with_figures_tables_and_events(tmp_path):

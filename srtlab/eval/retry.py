@@ -104,7 +104,7 @@ class RetryEvaluation(L.Callback):
                 metrics.update({f"val/{name}/r3_{key}": value for key, value in found.items()})
                 self._write(trainer, name, rows, pl_module.global_step)
         if metrics:  # logged like the policy's own held-out metrics, so fit's before/after table shows them
-            pl_module.log_dict(metrics, add_dataloader_idx=False)
+            pl_module.log_dict({**metrics, "step": float(pl_module.global_step)}, add_dataloader_idx=False)
 
     @staticmethod
     def _write(trainer: L.Trainer, name: str, rows: list[dict], step: int) -> None:

@@ -146,11 +146,9 @@ class CollapseGuard(L.Callback):
         if self.action == "rollback":
             self._update_best(trainer, metrics)
         values = self._check(trainer, pl_module, "eval")
-        if trainer.is_global_zero:  # at the row Lightning gives this evaluation's val/*: one behind during fit
-            fitting = trainer.state.fn == TrainerFn.FITTING
-            row = max(0, trainer.global_step - 1) if fitting else trainer.global_step
+        if trainer.is_global_zero:  # at this evaluation's row: optimizer steps taken (HeldoutLoop's "step")
             for logger in trainer.loggers:
-                logger.log_metrics(values, step=row)
+                logger.log_metrics(values, step=trainer.global_step)
 
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> dict[str, float]:
         """Run the rules checked at ``when``; act on the fired ones; -> the values to log."""

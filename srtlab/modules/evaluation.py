@@ -56,5 +56,5 @@ class HeldoutLoop:
             folder = Path(self.trainer.default_root_dir) / "samples"
             for name, rows in self._val_samples.items():
                 write_samples(rows, folder / f"{name}_step{self.global_step}.jsonl")
-        if metrics:
-            self.log_dict(metrics, add_dataloader_idx=False)
+        if metrics:  # "step": the row's x in metrics.csv, optimizer steps taken (0: before training)
+            self.log_dict({**metrics, "step": float(self.global_step)}, add_dataloader_idx=False)

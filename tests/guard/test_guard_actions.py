@@ -37,8 +37,8 @@ def test_stop_ends_the_fit_cleanly_with_the_reason_saved(tiny_cfg, tmp_path):
     assert [e["action"] for e in _events(run)] == ["stop"]
     ckpt = torch.load(run / "guard" / "stop.ckpt", weights_only=True)  # resumable: full training state
     assert ckpt["global_step"] == 2 and ckpt["optimizer_states"] and ckpt["callbacks"]["CollapseGuard"]["events"] == 1
-    metrics = read_metrics(run)  # train rows count from 0: row 1 is the second step, after which the guard stopped
-    assert metrics["guard/majority/fired"] == {1: 1.0} and metrics["guard/events"][1] == 1.0
+    metrics = read_metrics(run)  # rows at optimizer steps taken: the guard stopped after step 2
+    assert metrics["guard/majority/fired"] == {2: 1.0} and metrics["guard/events"][2] == 1.0
 
 
 def test_warn_keeps_training_and_respects_the_cooldown(tiny_cfg, tmp_path):
@@ -80,7 +80,7 @@ def test_rollback_restores_the_best_weights_and_lowers_the_learning_rate(tiny_cf
         torch.testing.assert_close(v, start[k], rtol=0, atol=0)
     # the lower rate is used by the next step (the scheduler's base rate was lowered too)
     assert probe.lrs[1] == [pytest.approx(1e-3)] and probe.lrs[3] == [pytest.approx(2.5e-4)]
-    assert read_metrics(tmp_path / "run")["train/lr"] == pytest.approx({0: 1e-3, 1: 1e-3, 2: 2.5e-4})
+    assert read_metrics(tmp_path / "run")["train/lr"] == pytest.approx({1: 1e-3, 2: 1e-3, 3: 2.5e-4})
     assert trainer.lr_scheduler_configs[0].scheduler.base_lrs == [pytest.approx(2.5e-4)]
     assert any(not torch.equal(probe.weights[3][k], v) for k, v in start.items())  # and training went on
 
