@@ -23,7 +23,9 @@ import argparse
 import contextlib
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -31,11 +33,13 @@ from hydra.utils import instantiate
 
 from srtlab import config_dir
 from srtlab.algorithms.advantages import compute_advantages
-from srtlab.modules.policy import PolicyModule
 from srtlab.perf import ModelShape, generate_work, measure_bandwidth, measure_matmul_flops, train_work
 from srtlab.rollout.engine import SamplingSettings
 from srtlab.train import register_resolvers
 from srtlab.types import RolloutBatch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_step import policy_from  # noqa: E402  (the same policy module as the step benchmark)
 
 
 def _ints(text: str) -> list[int]:
@@ -53,13 +57,7 @@ def main() -> None:
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *args.overrides])
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    module = PolicyModule(model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
-                          algorithm=instantiate(cfg.algorithm), optim=instantiate(cfg.optim),
-                          micro_batch_prompts=cfg.micro_batch_prompts, temperature=cfg.rollout.sampling.temperature,
-                          activation_checkpointing=cfg.model.activation_checkpointing)
-    module.configure_model()
+    module = policy_from(cfg)
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup()
     engine = instantiate(cfg.rollout.engine)(model=module.model, tokenizer=module.tokenizer)

@@ -40,6 +40,19 @@ from srtlab.rollout.sync import LogprobProbe, policy_weights
 from srtlab.train import register_resolvers
 
 
+def policy_from(cfg) -> PolicyModule:
+    """The config's policy module, its model loaded, without a Trainer (the benchmarks drive it); sets the
+    config's torch threads."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    module = PolicyModule(model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
+                          algorithm=instantiate(cfg.algorithm), optim=instantiate(cfg.optim),
+                          micro_batch_prompts=cfg.micro_batch_prompts, temperature=cfg.rollout.sampling.temperature,
+                          activation_checkpointing=cfg.model.activation_checkpointing)
+    module.configure_model()
+    return module
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=4, help="measured steps (after one warm-up step)")
@@ -59,14 +72,7 @@ def main() -> None:
             if args.engine == "vllm" else []
         cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *engine_overrides,
                                         *args.overrides])
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-
-    module = PolicyModule(model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
-                          algorithm=instantiate(cfg.algorithm), optim=instantiate(cfg.optim),
-                          micro_batch_prompts=cfg.micro_batch_prompts, temperature=cfg.rollout.sampling.temperature,
-                          activation_checkpointing=cfg.model.activation_checkpointing)
-    module.configure_model()
+    module = policy_from(cfg)
     opt = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=cfg.optim.lr)
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup()
