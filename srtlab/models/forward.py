@@ -20,12 +20,21 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-def attention_backend(device: torch.device):
-    """The scaled-dot-product attention kernel for ``device``: the plain (math) kernel on the CPU, the
-    library's choice elsewhere. On a 2-core CPU, torch's CPU flash-attention kernel made the training pass
-    of the default step about 1.7x slower than the math kernel (forward + backward, sequences of ~120
-    tokens; ``experiments/bench_step.py``), and single-token decode slower too."""
-    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
+# Up to this many positions (prompt + completion) the CPU trains with the math attention kernel.
+MATH_ATTENTION_MAX_LEN = 192
+
+
+def attention_backend(device: torch.device, length: int = 0):
+    """The scaled-dot-product attention kernel for ``device`` and sequences of ``length`` positions: the
+    plain (math) kernel on the CPU for short sequences, the library's choice elsewhere. On a 2-core CPU,
+    torch's CPU flash-attention kernel made the training pass of the default step (sequences of ~120
+    tokens; ``experiments/bench_step.py``) about 1.7x slower than the math kernel. The math kernel keeps
+    every [T x T] attention matrix for backward, so it loses beyond ~200 positions (forward + backward of
+    8 completions after a 113-token prompt, one thread: 64 new tokens math 4.2 s / flash 4.6 s; 128:
+    8.4 / 7.9 s; 256: 22.6 / 18.4 s and 5.7 / 5.1 GiB; 2 x 1,024: 42.7 / 21.8 s and 7.1 / 5.1 GiB)."""
+    if device.type == "cpu" and length <= MATH_ATTENTION_MAX_LEN:
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +77,8 @@ def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[l
     and their mask [b*n, T]. The prompt pass keeps its graph, so gradients are exact.
     """
     device = next(model.parameters()).device
-    with attention_backend(device):
+    longest = max(map(len, prompt_ids), default=0) + max(map(len, completion_ids), default=0)
+    with attention_backend(device, longest):
         return _completion_logits(model, prompt_ids, completion_ids, n, pad_id, device)
 
 

@@ -22,7 +22,10 @@ def full_sequence_logprobs(model, prompts, completions, n):
     return out
 
 
-def test_shared_prompt_forward_gives_the_same_logprobs_and_gradients(tiny_model_and_tokenizer):
+@pytest.mark.parametrize("math_max_len", [192, 0])  # short sequences: the math kernel; 0: torch's choice (long ones)
+def test_shared_prompt_forward_gives_the_same_logprobs_and_gradients(tiny_model_and_tokenizer, math_max_len,
+                                                                     monkeypatch):
+    monkeypatch.setattr("srtlab.models.forward.MATH_ATTENTION_MAX_LEN", math_max_len)
     model, tok = tiny_model_and_tokenizer
     model.zero_grad()
     logits, ids, mask = completion_logits(model, PROMPTS, COMPLETIONS, 4, tok.pad_token_id)
