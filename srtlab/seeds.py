@@ -16,6 +16,7 @@ STREAMS = {
     "train": "training samples of a step (keys: step; with several ranks also \"rank\", rank > 0: train_seed)",
     "val": "held-out samples of an evaluation (keys: set index, batch index)",
     "probe": "the weight-sync probe's samples (keys: step)",
+    "guard_probe": "the guard's labelled probe (keys: step)",
     "retry_eval": "held-out reflect-and-retry evaluation (keys: set index)",
     "climb_eval": "the curriculum's per-level evaluations (keys: task, level)",
     "label": "frozen-teacher labelling samples (keys: batch start)",

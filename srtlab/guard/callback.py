@@ -13,6 +13,9 @@ and, when one fires outside the cooldown, acts:
   criterion), reset the optimizer's moments, apply the :class:`Remedy`, and continue; after
   ``max_rollbacks`` it stops instead.
 
+With ``probe`` set (:mod:`srtlab.guard.probe`, off by default) it also scores a few held-out prompts with
+gold answers every few steps and adds the one rule that reads labels, ``probe``.
+
 Every event goes to ``<run>/guard/events.jsonl`` with the values that triggered it, and to ``guard/*``
 metrics (global rank 0 writes; rank 0's decision is broadcast so all ranks act alike). The history, the
 best checkpoint, the cooldown and the remedies in force are the callback's ``state_dict``, which
@@ -32,8 +35,9 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from srtlab.guard.probe import LabelledProbe
 from srtlab.guard.remedy import Remedy, best_score, scale_learning_rate
-from srtlab.guard.rules import Finding, Rule
+from srtlab.guard.rules import Finding, ProbeDrop, Rule
 from srtlab.guard.signals import History
 
 log = logging.getLogger(__name__)
@@ -58,9 +62,13 @@ class CollapseGuard(L.Callback):
     """
 
     def __init__(self, action: str, rules: Mapping[str, Rule], baseline_steps: int = 3, cooldown: int = 5,
-                 remedy: Remedy | None = None, max_rollbacks: int = 2, best_by: str = "top_answer_share") -> None:
+                 remedy: Remedy | None = None, max_rollbacks: int = 2, best_by: str = "top_answer_share",
+                 probe: LabelledProbe | Mapping[str, Any] | None = None) -> None:
         self.action, self.rules, self.baseline_steps, self.cooldown = action, dict(rules), baseline_steps, cooldown
         self.remedy, self.max_rollbacks, self.best_by = remedy or Remedy(), max_rollbacks, best_by
+        self.probe = LabelledProbe(**probe) if isinstance(probe, Mapping) else probe
+        if self.probe is not None:  # the one rule that reads labels, named so: "probe"
+            self.rules.setdefault("probe", ProbeDrop(max_drop=self.probe.max_drop))
         self.validate()
         self.history = History()
         self.quiet_until = -1  # no action before this step
@@ -82,6 +90,14 @@ class CollapseGuard(L.Callback):
                 raise ValueError(f"callbacks.guard.{name}={value!r}; accepted: an integer >= {least}")
         if not self.rules:
             raise ValueError("callbacks.guard.rules is empty; name at least one rule (see configs/guard/warn.yaml)")
+        if self.probe is not None:
+            if not isinstance(self.probe, LabelledProbe):
+                raise ValueError(f"callbacks.guard.probe={self.probe!r}; accepted: null or "
+                                 "{size, every, k, max_drop}")
+            try:
+                self.probe.validate()
+            except ValueError as err:
+                raise ValueError(f"callbacks.guard.{err}") from None
         for name, rule in self.rules.items():
             if not hasattr(rule, "check") or getattr(rule, "when", None) not in ("step", "eval"):
                 raise ValueError(f"callbacks.guard.rules.{name}={rule!r}; accepted: a rule from srtlab.guard.rules")
@@ -130,9 +146,14 @@ class CollapseGuard(L.Callback):
                            batch_idx: int) -> None:
         step = trainer.global_step
         self.history.add(step, _metrics(trainer, "train/"))
+        probe = self.probe.run(trainer, pl_module, step) if self.probe is not None and self.probe.due(step) else {}
+        self.history.add(step, probe)  # labelled: guard/probe/*
         self.history.freeze_baselines(self.baseline_steps)
         if 0 <= self.gold_until <= step:
             self._end_gold_mix(pl_module)
+        if probe and trainer.is_global_zero:  # straight to the loggers: logged through the module, Lightning
+            for logger in trainer.loggers:  # would repeat the last value at every later step
+                logger.log_metrics(probe, step=step)
         values = self._check(trainer, pl_module, "step")
         pl_module.log_dict(values, on_step=True, batch_size=len(batch) if hasattr(batch, "__len__") else 1)
 

@@ -228,5 +228,31 @@ class TopAnswerShare:
         return Finding(max(latest) >= self.threshold, {"top_answer_share": max(latest)})
 
 
+@dataclass
+class ProbeDrop:
+    """USES LABELS (``callbacks.guard.probe``, :mod:`srtlab.guard.probe`): the labelled probe's mean@k is more
+    than ``max_drop`` below its best so far (since the start or the last rollback).
+
+    Why: a probe with gold answers measures what every label-free rule can only infer; the collapse study
+    (docs/collapse.md) had the policy converge on wrong answers that stayed varied, which no label-free
+    signal saw in time. Added by the guard when a probe is configured, under the name ``probe``.
+    """
+
+    max_drop: float = 0.1
+    when = "step"
+
+    def validate(self) -> None:
+        _check_fraction("max_drop", self.max_drop)
+
+    def check(self, h: History) -> Finding | None:
+        names = h.names("guard/probe/mean@*")
+        rows = h.series[names[0]] if names else []
+        newest = max((series[-1][0] for series in h.series.values() if series), default=None)
+        if not rows or rows[-1][0] != newest:  # checked at the steps the probe ran
+            return None
+        values = [v for _, v in rows]
+        return Finding(max(values) - values[-1] > self.max_drop, {"probe_mean": values[-1], "probe_best": max(values)})
+
+
 Rule = MajorityCollapse | AnswerConcentration | EntropyCollapse | LengthDrift | AnswerRateDrop | RewardDivergence \
-    | TopAnswerShare
+    | TopAnswerShare | ProbeDrop

@@ -202,3 +202,24 @@ def test_the_guard_sees_the_same_signals_wherever_it_is_listed(tiny_cfg, tmp_pat
         histories.append(guard.history.series)
     first, last = histories
     assert first == last and len(first["train/majority_share"]) == 3 and "train/reward/mixed" in first
+
+
+def test_labelled_probe_is_scored_logged_and_checked(tiny_cfg, tmp_path):
+    """callbacks.guard.probe: the held-out prompts with gold scored every 2 steps, logged as guard/probe/*, and
+    the rule that reads them added under the name "probe" (the tiny model never answers: mean 0, no drop)."""
+    run = tmp_path / "run"
+    cfg = tiny_cfg(*QUIET, "guard=warn", "callbacks.guard.probe={size: 2, every: 2, k: 2}", "trainer.max_steps=4",
+                   run_dir=run)
+    check_config(cfg)
+    fit(cfg)
+    metrics = read_metrics(run)
+    assert sorted(metrics["guard/probe/mean@2"]) == [2, 4] and metrics["guard/probe/mean@2"][2] == 0.0
+    assert {"guard/probe/maj@2", "guard/probe/pass@2", "guard/probe/top_answer_share"} <= set(metrics)
+    fired = metrics["guard/probe/fired"]  # the rule is checked at the probe's steps (Lightning repeats it between)
+    assert {2, 4} <= set(fired) and not any(fired.values())
+    assert "guard/probe/mean@2" not in {k for k in metrics if k.startswith("val/")}
+
+
+def test_bad_probe_settings_fail_in_check_config(tiny_cfg):
+    with pytest.raises(ValueError, match=r"callbacks.guard.probe.every=0; accepted: an integer >= 1"):
+        check_config(tiny_cfg("guard=warn", "callbacks.guard.probe={every: 0}"))

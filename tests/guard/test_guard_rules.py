@@ -8,6 +8,7 @@ from srtlab.guard.rules import (
     EntropyCollapse,
     LengthDrift,
     MajorityCollapse,
+    ProbeDrop,
     RewardDivergence,
     TopAnswerShare,
 )
@@ -119,12 +120,23 @@ def test_top_answer_share_reads_the_latest_evaluation():
     assert not rule.check(make_history({}, {"val/a/top_answer_share": [0.99, 0.2]})).fired
 
 
+def test_probe_drop_reads_the_labelled_probe_against_its_best():
+    rule = ProbeDrop(max_drop=0.1)
+    assert rule.check(HEALTHY) is None  # no probe configured: nothing to read
+    rising = make_history({"guard/probe/mean@4": [0.3, 0.35, 0.4, 0.38]})  # a dip of 0.02: noise
+    assert not rule.check(rising).fired
+    falling = make_history({"guard/probe/mean@4": [0.3, 0.45, 0.4, 0.3]})  # 0.15 below its best
+    finding = rule.check(falling)
+    assert finding.fired and finding.values == {"probe_mean": 0.3, "probe_best": 0.45}
+
+
 @pytest.mark.parametrize("rule, message", [
     (MajorityCollapse(threshold=1.5), "threshold=1.5; accepted: a number in [0, 1]"),
     (MajorityCollapse(window=1), "window=1; accepted: an integer >= 2"),
     (LengthDrift(max_change=0), "max_change=0; accepted: a number > 0"),
     (RewardDivergence(evals=1), "evals=1; accepted: an integer >= 2"),
     (RewardDivergence(heldout="train/reward"), "heldout='train/reward'"),
+    (ProbeDrop(max_drop=2.0), "max_drop=2.0; accepted: a number in [0, 1]"),
 ])
 def test_bad_settings_name_the_field(rule, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
