@@ -51,7 +51,7 @@ def test_resume_after_a_clean_stop_is_exact(tiny_model_dir, tmp_path):
     fit(_cfg(tiny_model_dir, stopped, *PARITY_REWARD, *TRAIN, "trainer.max_steps=4", "resume=true"))
     _assert_same_weights(_state(straight), _state(stopped))
     ra, rb = read_metrics(straight)["train/reward/mixed"], read_metrics(stopped)["train/reward/mixed"]
-    assert ra == rb and sorted(ra) == [0, 1, 2, 3]
+    assert ra == rb and sorted(ra) == [1, 2, 3, 4]
     from transformers import AutoModelForCausalLM
 
     init = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()

@@ -32,7 +32,7 @@ def test_fit_runs_logs_evaluates_and_checkpoints(tiny_cfg, tmp_path):
         results["before"]) and set(results["before"]) == set(results["after"])
     rows = _metrics(run)
     assert set(DESIGN_METRICS) <= set(rows[0])
-    assert [r["step"] for r in rows if r["time/generate"]] == ["0", "1"]
+    assert [r["step"] for r in rows if r["time/generate"]] == ["1", "2"]  # optimizer steps taken
     assert (run / "config.yaml").exists()
     assert sorted(f.name for f in (run / "checkpoints").iterdir()) == ["last.ckpt"]  # one file, no leftover .tmp
     assert json.loads((run / "results.json").read_text())["steps"] == 2
@@ -70,7 +70,7 @@ def test_resumed_run_matches_uninterrupted_run(tiny_cfg, tmp_path, tiny_model_di
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0)
     # the resumed run saw the same rollouts: its logged rewards per step match
     ra, rb = read_metrics(straight)["train/reward/mixed"], read_metrics(interrupted)["train/reward/mixed"]
-    assert ra == rb and sorted(ra) == [0, 1, 2, 3]
+    assert ra == rb and sorted(ra) == [1, 2, 3, 4]
     # the weights did move, so the comparison above is not trivially true
     from transformers import AutoModelForCausalLM
 
@@ -123,4 +123,4 @@ def test_killed_run_resumes_and_matches(tiny_cfg, tmp_path, tiny_model_dir):
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0)
     # every step's metrics survive the kill (rows after the checkpoint are logged again on resume)
     assert read_metrics(killed)["train/reward/mixed"] == read_metrics(straight)["train/reward/mixed"]
-    assert sorted(read_metrics(killed)["train/reward/mixed"]) == list(range(12))
+    assert sorted(read_metrics(killed)["train/reward/mixed"]) == list(range(1, 13))

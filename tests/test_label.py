@@ -79,9 +79,9 @@ def test_fit_against_teacher_labels_trains_only_labelled_prompts(scripted_labels
                            run_dir=run))
     assert results["steps"] == 2
     metrics = read_metrics(run)
-    assert metrics["train/teacher/coverage"] == {0: 1.0, 1: 1.0}  # every prompt drawn had a teacher label
+    assert metrics["train/teacher/coverage"] == {1: 1.0, 2: 1.0}  # every prompt drawn had a teacher label
     # the tiny random model writes no readable answer, so it never agrees with a label
-    assert metrics["train/reward/teacher"] == {0: 0.0, 1: 0.0}
+    assert metrics["train/reward/teacher"] == {1: 0.0, 2: 0.0}
 
 
 def test_labels_from_other_data_settings_are_refused(tiny_cfg, tmp_path):

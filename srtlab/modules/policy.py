@@ -246,7 +246,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
                      batch_size=len(batch))
         self.log("step_s", t3 - t0, prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
         if self.samples_every and batch.step % self.samples_every == 0:
-            self._write_train_samples(r, adv, batch.step)
+            self._write_train_samples(r, adv, self.global_step)  # N = this row's step in metrics.csv
         return {"loss": torch.tensor(stats["train/loss"]), "metrics": metrics, "level_stats": level_stats}
 
     def update(self, r: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:

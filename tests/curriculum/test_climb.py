@@ -34,8 +34,8 @@ def test_tiny_climb_across_two_levels_and_exact_resume(tiny_cfg, tmp_path):
     # the level is logged every step, and each step trained on prompts of its level (the step's
     # statistics are measured on the current level's prompts only)
     metrics = read_metrics(straight)
-    assert metrics["curriculum/chain_sum/level"] == {0: 0.0, 1: 1.0}
-    assert sorted(metrics["curriculum/chain_sum/answer_rate"]) == [0, 1]
+    assert metrics["curriculum/chain_sum/level"] == {1: 0.0, 2: 1.0}
+    assert sorted(metrics["curriculum/chain_sum/answer_rate"]) == [1, 2]
     rows = _table(straight)
     assert [(r["step"], r["event"], r["level"]) for r in rows] == [
         ("0", "start", "0"), ("0", "start", "1"), ("1", "level_up", "0"), ("1", "level_up", "1"),

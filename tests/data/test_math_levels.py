@@ -24,8 +24,8 @@ def test_climb_of_dataset_levels(tiny_cfg, tmp_path):
 
     # one level up per step, each step's statistics measured on that level's prompts
     metrics = read_metrics(run)
-    assert metrics["curriculum/math12k/level"] == {0: 0.0, 1: 1.0}
-    assert sorted(metrics["curriculum/math12k/answer_rate"]) == [0, 1]
+    assert metrics["curriculum/math12k/level"] == {1: 0.0, 2: 1.0}
+    assert sorted(metrics["curriculum/math12k/answer_rate"]) == [1, 2]
     with open(run / "curriculum" / "levels.csv") as f:
         table = list(csv.DictReader(f))
     events = [(step, event) for step, event in (("0", "start"), ("1", "level_up"), ("2", "level_up"), ("2", "end"))]
