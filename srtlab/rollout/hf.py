@@ -9,8 +9,9 @@ separate inference engine.
 
 The prompt is prefilled once per prompt and its KV cache copied G times, instead of prefilling the same
 prompt G times (what ``num_return_sequences`` does); the completions are then sampled by ``model.generate``
-continuing from that cache. The last prompt token is left out of the prefill so that ``generate`` has one
-new token to start from.
+continuing from that cache, with the next token drawn by :class:`Sampler` (a logits processor; ``generate``
+runs greedy on its choice) and, on the bf16 sampling copy, decode attention from ``srtlab.models.attention``.
+The last prompt token is left out of the prefill so that ``generate`` has one new token to start from.
 """
 
 from __future__ import annotations
