@@ -54,10 +54,19 @@ def heldout_metrics(scores: list[dict[str, float]], samples: list[dict]) -> dict
     return {**aggregate_scores(scores), "top_answer_share": top_answer_share(samples)}
 
 
-def named_metrics(name: str, k: int, metrics: dict[str, float]) -> dict[str, float]:
-    """``val/<set>/mean@k`` ... : the names every evaluation logs under (docs/metrics.md)."""
+def named_metrics(name: str, k: int, metrics: dict[str, float], prefix: str = "val") -> dict[str, float]:
+    """``val/<set>/mean@k`` ... : the names every evaluation logs under (docs/metrics.md); the guard's
+    labelled probe logs under ``guard/probe/``."""
     at_k = {"mean", "maj", "pass"}
-    return {f"val/{name}/{key}@{k}" if key in at_k else f"val/{name}/{key}": value for key, value in metrics.items()}
+    return {f"{prefix}/{name}/{key}@{k}" if key in at_k else f"{prefix}/{name}/{key}": value
+            for key, value in metrics.items()}
+
+
+def at_step(step: int, metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` plus ``"step"``, which Lightning takes as the row's step in metrics.csv: optimizer steps
+    taken (a training step's row at the count after its update, an evaluation's at the count before it, 0
+    before training). Lightning's own counter puts a training step's row one lower."""
+    return {**metrics, "step": float(step)}
 
 
 @torch.no_grad()

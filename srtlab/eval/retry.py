@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from srtlab.eval.heldout import write_samples
+from srtlab.eval.heldout import at_step, write_samples
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.rollout.reflect import Case, ReflectRetry, mean_or_nan
 from srtlab.seeds import seed_for
@@ -104,7 +104,7 @@ class RetryEvaluation(L.Callback):
                 metrics.update({f"val/{name}/r3_{key}": value for key, value in found.items()})
                 self._write(trainer, name, rows, pl_module.global_step)
         if metrics:  # logged like the policy's own held-out metrics, so fit's before/after table shows them
-            pl_module.log_dict({**metrics, "step": float(pl_module.global_step)}, add_dataloader_idx=False)
+            pl_module.log_dict(at_step(pl_module.global_step, metrics), add_dataloader_idx=False)
 
     @staticmethod
     def _write(trainer: L.Trainer, name: str, rows: list[dict], step: int) -> None:

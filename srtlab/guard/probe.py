@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import lightning as L
 
-from srtlab.eval.heldout import evaluate_prompts
+from srtlab.eval.heldout import evaluate_prompts, named_metrics
 from srtlab.seeds import seed_for
 from srtlab.types import Prompt
 
@@ -58,6 +58,5 @@ class LabelledProbe:
         rollouts = pl_module.rollouts
         metrics, _ = evaluate_prompts(pl_module.engine(), self.prompts(trainer), self.k, rollouts.val_sampling,
                                       seed_for(rollouts.seed, "guard_probe", step), pl_module.gold)
-        at_k = {"mean", "maj", "pass"}
-        return {f"guard/probe/{key}@{self.k}" if key in at_k else f"guard/probe/{key}": value
-                for key, value in metrics.items() if key in at_k or key == "top_answer_share"}
+        kept = {key: metrics[key] for key in ("mean", "maj", "pass", "top_answer_share")}
+        return named_metrics("probe", self.k, kept, prefix="guard")

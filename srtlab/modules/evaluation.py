@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from srtlab.eval.heldout import heldout_metrics, named_metrics, score_groups, write_samples
+from srtlab.eval.heldout import at_step, heldout_metrics, named_metrics, score_groups, write_samples
 from srtlab.modules import ranks
 from srtlab.types import PromptBatch
 
@@ -56,5 +56,5 @@ class HeldoutLoop:
             folder = Path(self.trainer.default_root_dir) / "samples"
             for name, rows in self._val_samples.items():
                 write_samples(rows, folder / f"{name}_step{self.global_step}.jsonl")
-        if metrics:  # "step": the row's x in metrics.csv, optimizer steps taken (0: before training)
-            self.log_dict({**metrics, "step": float(self.global_step)}, add_dataloader_idx=False)
+        if metrics:
+            self.log_dict(at_step(self.global_step, metrics), add_dataloader_idx=False)

@@ -36,7 +36,7 @@ import torch
 from srtlab.algorithms.advantages import compute_advantages
 from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
 from srtlab.eval.gold import GoldScorer
-from srtlab.eval.heldout import train_sample_rows, write_samples
+from srtlab.eval.heldout import at_step, train_sample_rows, write_samples
 from srtlab.models.forward import TokenLogprobs, completion_logits, token_logprobs
 from srtlab.models.load import LoraSettings, load_model, load_tokenizer
 from srtlab.models.parallel import checkpoint_mlps, mark_sharded, shard_model
@@ -238,9 +238,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         gathered = ranks.gather((local, r.level_stats))
         metrics = {**ranks.mean_metrics([m for m, _ in gathered], sums=("perf/tokens_per_s",)), **stats}
         level_stats = ranks.merge_level_stats([s for _, s in gathered]) if len(gathered) > 1 else r.level_stats
-        # "step": the row's x in metrics.csv, optimizer steps taken after this step's updates (Lightning's own
-        # counter would log it one less); the evaluation after step s is logged at s too (HeldoutLoop)
-        self.log_dict({**metrics, "step": float(self.global_step)}, on_step=True, batch_size=len(batch))
+        self.log_dict(at_step(self.global_step, metrics), on_step=True, batch_size=len(batch))
         if "train/reward/mixed" in metrics:
             self.log("reward", metrics["train/reward/mixed"], prog_bar=True, on_step=True, logger=False,
                      batch_size=len(batch))
