@@ -23,8 +23,8 @@ from collections.abc import Callable
 from math_verify.parser import parse_latex_cached
 from sympy.core.cache import clear_cache
 
-from srtlab.eval.canonical import ScoreStats, cluster_answers
-from srtlab.eval.extract import extract_answer
+from srtlab.answers.canonical import ScoreStats, cluster_answers
+from srtlab.answers.extract import extract_answer
 
 # (correct forms, wrong answers) of one problem; equivalent forms of the right answer vote together
 PROBLEMS: list[tuple[list[str], list[str]]] = [

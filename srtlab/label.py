@@ -28,8 +28,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from srtlab.eval.gold import GoldScorer
-from srtlab.eval.votes import vote_groups
+from srtlab.answers.gold import GoldScorer
+from srtlab.answers.votes import vote_groups
 from srtlab.seeds import seed_for
 from srtlab.types import question_of
 

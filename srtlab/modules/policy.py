@@ -35,8 +35,8 @@ import torch
 
 from srtlab.algorithms.advantages import compute_advantages
 from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
-from srtlab.eval.gold import GoldScorer
-from srtlab.eval.heldout import at_step, train_sample_rows, write_samples
+from srtlab.answers.gold import GoldScorer
+from srtlab.logs import at_step, train_sample_rows, write_samples
 from srtlab.models.forward import TokenLogprobs, completion_logits, token_logprobs
 from srtlab.models.load import LoraSettings, load_model, load_tokenizer
 from srtlab.models.parallel import checkpoint_mlps, mark_sharded, shard_model

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from srtlab.eval.votes import GroupVote
+from srtlab.answers.votes import GroupVote
 from srtlab.rollout.engine import RolloutEngine
 from srtlab.types import RewardOutput, RolloutBatch
 

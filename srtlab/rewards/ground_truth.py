@@ -1,12 +1,12 @@
 """Reward from the gold answer: the supervised baseline, and the monitor that every run logs.
 
 In SRT runs it is a pure monitor (weight 0): it tells how often the policy and its self-labels are right.
-The verdicts themselves are ``srtlab.eval.gold``'s; the mix computes them once per batch (``ctx.gold``).
+The verdicts themselves are ``srtlab.answers.gold``'s; the mix computes them once per batch (``ctx.gold``).
 """
 
 from __future__ import annotations
 
-from srtlab.eval.gold import GoldScorer
+from srtlab.answers.gold import GoldScorer
 from srtlab.rewards.base import RewardContext
 from srtlab.types import RewardOutput, RolloutBatch
 

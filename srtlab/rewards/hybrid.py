@@ -12,7 +12,7 @@ import hashlib
 
 import torch
 
-from srtlab.eval.gold import has_gold
+from srtlab.answers.gold import has_gold
 from srtlab.rewards.base import RewardContext
 from srtlab.rewards.vote import MajorityVote
 from srtlab.types import Prompt, RewardOutput, RolloutBatch

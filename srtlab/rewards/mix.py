@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from srtlab.eval.canonical import ScoreStats
-from srtlab.eval.metrics import answer_concentration
-from srtlab.eval.votes import GroupVote, vote_groups
+from srtlab.answers.canonical import ScoreStats
+from srtlab.answers.metrics import answer_concentration
+from srtlab.answers.votes import GroupVote, vote_groups
 from srtlab.rewards.base import RewardContext, RewardSource, RunContext
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.types import RewardOutput, RolloutBatch

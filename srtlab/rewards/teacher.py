@@ -14,8 +14,8 @@ import math
 
 import torch
 
+from srtlab.answers.canonical import parse_answer, parsed_equivalent
 from srtlab.data.sources import read_labels
-from srtlab.eval.canonical import parse_answer, parsed_equivalent
 from srtlab.rewards.base import RewardContext
 from srtlab.types import RewardOutput, RolloutBatch
 

@@ -11,7 +11,7 @@ from collections import Counter
 
 import torch
 
-from srtlab.eval.votes import GroupVote
+from srtlab.answers.votes import GroupVote
 from srtlab.rewards.base import RewardContext
 from srtlab.types import RewardOutput, RolloutBatch
 

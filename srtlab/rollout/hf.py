@@ -29,7 +29,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from srtlab.eval.extract import extract_answer
+from srtlab.answers.extract import extract_answer
 from srtlab.models.attention import NAME as DECODE_ATTENTION
 from srtlab.models.forward import CACHE, left_pad
 from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
@@ -120,7 +120,7 @@ class HFEngine:
     Args:
         model: the policy (a ``PreTrainedModel`` or a peft model), shared, not copied.
         tokenizer: its tokenizer.
-        answer_style: how answers are extracted from completions (see ``srtlab.eval.extract``).
+        answer_style: how answers are extracted from completions (see ``srtlab.answers.extract``).
         prompts_per_call: prompts generated together in one ``generate`` call (memory bound).
         share_prefill: prefill each prompt once and copy its cache to the G samples.
         dtype: None to sample with the policy itself, or a dtype name for a separate sampling copy.

@@ -45,9 +45,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from srtlab.eval.canonical import answers_equivalent
-from srtlab.eval.gold import GoldScorer
-from srtlab.eval.votes import vote_groups
+from srtlab.answers.canonical import answers_equivalent
+from srtlab.answers.gold import GoldScorer
+from srtlab.answers.votes import vote_groups
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.rollout.turns import QUESTION, continue_after, episode, turn_ids
 from srtlab.seeds import seed_for

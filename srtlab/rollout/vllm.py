@@ -29,7 +29,7 @@ from collections.abc import Iterable
 
 import torch
 
-from srtlab.eval.extract import extract_answer
+from srtlab.answers.extract import extract_answer
 from srtlab.models.load import resolve_model_path
 from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
 from srtlab.seeds import seed_for
@@ -44,7 +44,7 @@ class VLLMEngine:
         model, tokenizer: the policy and its tokenizer (the callback passes them); the policy's weights
             are pushed after every optimizer step, LoRA merged, so vLLM runs the base architecture.
         model_path: the policy's ``model.path`` (a built-in name or a model folder).
-        answer_style: how answers are extracted from completions (see ``srtlab.eval.extract``).
+        answer_style: how answers are extracted from completions (see ``srtlab.answers.extract``).
         dtype: vLLM's weight dtype (``auto``: the folder's ``torch_dtype``).
         gpu_memory_utilization: fraction of accelerator memory vLLM may take (weights + KV cache); on CPU
             vLLM sizes its KV cache from ``kv_cache_gib`` instead when that is set.

@@ -130,8 +130,8 @@ def test_kl_term_moves_the_loss_and_its_gradient(tiny_model_dir):
 
 def test_heldout_metrics_by_hand():
     from conftest import make_batch
-    from srtlab.eval.gold import GoldScorer
-    from srtlab.eval.heldout import heldout_metrics, named_metrics, score_groups
+    from srtlab.answers.gold import GoldScorer
+    from srtlab.answers.metrics import heldout_metrics, named_metrics, score_groups
 
     prompts = [Prompt(id="a", messages=[], task="t", answer="7"), Prompt(id="b", messages=[], task="t", answer="9")]
     r = make_batch(prompts, ["7", "7", "8", None, "5", "5", "5", "9"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import ctx_for, make_batch
-from srtlab.eval.votes import vote_groups
+from srtlab.answers.votes import vote_groups
 from srtlab.rewards.base import RewardSource
 from srtlab.rewards.vote import MajorityVote
 from srtlab.types import Prompt

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import PARITY_REWARD, make_tokenizer
-from srtlab.eval.extract import extract_answer
+from srtlab.answers.extract import extract_answer
 from srtlab.eval.retry import evaluate_retry
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.rollout.engine import SamplingSettings, render_prompts

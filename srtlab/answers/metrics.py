@@ -1,14 +1,19 @@
-"""Sample-based accuracy metrics: mean@n, maj@n and unbiased pass@k over a prompt's n samples.
+"""Sample-based accuracy metrics: mean@n, maj@n and unbiased pass@k over a prompt's n samples, and one way
+to score a held-out set with them.
 
-``val/<set>/mean@k``, ``val/<set>/maj@k`` and ``val/<set>/pass@k`` are :func:`aggregate_scores` of
-:func:`group_scores` over a validation set.
+``val/<set>/mean@k``, ``val/<set>/maj@k`` and ``val/<set>/pass@k`` are :func:`heldout_metrics` of the
+:func:`score_groups` of a held-out set: every evaluation (the policy's validation loop, the curriculum's
+per-level evaluations, the guard's probes, the reflect-and-retry evaluation) scores through these two.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from srtlab.eval.canonical import normalize_text
+import torch
+
+from srtlab.answers.canonical import cluster_answers, normalize_text
+from srtlab.types import RolloutBatch
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -32,7 +37,7 @@ def majority_vote(cluster_ids: list[int | None]) -> tuple[int | None, float]:
     """The most common cluster and its share of the whole group (None answers count in the denominator).
 
     Ties go to the smallest cluster id, which is the first to appear when ids come from
-    :func:`~srtlab.eval.canonical.cluster_answers`. ``(None, 0.0)`` when there is no answer at all.
+    :func:`~srtlab.answers.canonical.cluster_answers`. ``(None, 0.0)`` when there is no answer at all.
     """
     counts = Counter(i for i in cluster_ids if i is not None)
     if not counts:
@@ -69,3 +74,44 @@ def answer_concentration(answers: list[str | None]) -> float:
     SRT is known for. Logged as ``train/answer_concentration`` and ``val/<set>/top_answer_share``."""
     counts = Counter(normalize_text(a) for a in answers if a is not None)
     return counts.most_common(1)[0][1] / len(answers) if counts and answers else 0.0
+
+
+def score_groups(r: RolloutBatch, correct: torch.Tensor) -> tuple[list[dict[str, float]], list[dict]]:
+    """Per prompt with a gold answer: its scores (mean, maj, pass, answer_rate) and its sample row.
+
+    ``correct`` is GroundTruth's ``[B*G]`` verdict (NaN where a prompt has no gold answer: skipped).
+    Sample rows hold the prompt id, gold, the k answers, their correctness and texts.
+    """
+    scores, samples = [], []
+    for b, rows in enumerate(r.groups()):
+        if torch.isnan(correct[rows.start]):
+            continue
+        answers = [r.answers[i] for i in rows]
+        ok = [bool(correct[i] > 0.5) for i in rows]
+        row = group_scores(ok, cluster_answers(answers, r.prompts[b].answer_kind))
+        row["answer_rate"] = sum(a is not None for a in answers) / len(answers)
+        scores.append(row)
+        samples.append({"id": r.prompts[b].id, "gold": r.prompts[b].answer, "answers": answers, "correct": ok,
+                        "texts": [r.texts[i] for i in rows]})
+    return scores, samples
+
+
+def top_answer_share(samples: list[dict]) -> float:
+    """Share of all held-out answers (no answer included) that are the single most common answer.
+
+    Near 1.0 with a middling accuracy is the collapse SRT is known for: one answer for every question.
+    """
+    return answer_concentration([a for row in samples for a in row["answers"]])
+
+
+def heldout_metrics(scores: list[dict[str, float]], samples: list[dict]) -> dict[str, float]:
+    """mean, maj, pass, answer_rate (means over prompts) and top_answer_share of one held-out set."""
+    return {**aggregate_scores(scores), "top_answer_share": top_answer_share(samples)}
+
+
+def named_metrics(name: str, k: int, metrics: dict[str, float], prefix: str = "val") -> dict[str, float]:
+    """``val/<set>/mean@k`` ... : the names every evaluation logs under (docs/metrics.md); the guard's
+    labelled probe logs under ``guard/probe/``."""
+    at_k = {"mean", "maj", "pass"}
+    return {f"{prefix}/{name}/{key}@{k}" if key in at_k else f"{prefix}/{name}/{key}": value
+            for key, value in metrics.items()}

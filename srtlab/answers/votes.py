@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from srtlab.eval.canonical import ScoreStats, cluster_answers
-from srtlab.eval.metrics import majority_vote
+from srtlab.answers.canonical import ScoreStats, cluster_answers
+from srtlab.answers.metrics import majority_vote
 from srtlab.types import RolloutBatch
 
 
@@ -24,7 +24,7 @@ class GroupVote:
 def vote_groups(rollouts: RolloutBatch, stats: ScoreStats | None = None) -> list[GroupVote]:
     """Cluster every group's answers by its prompt's ``answer_kind`` and take the majority (B entries).
 
-    Each group's clustering has a bounded cost (``srtlab.eval.canonical``); answers refused or timed out
+    Each group's clustering has a bounded cost (``srtlab.answers.canonical``); answers refused or timed out
     count as no answer and are counted in ``stats``.
     """
     votes = []

@@ -6,7 +6,7 @@ import time
 import pytest
 from math_verify import parse
 
-from srtlab.eval.bounds import (
+from srtlab.answers.bounds import (
     ScoreTimeout,
     expression_problem,
     latex_problem,

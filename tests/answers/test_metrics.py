@@ -5,7 +5,7 @@ from math import comb
 
 import pytest
 
-from srtlab.eval.metrics import aggregate_scores, group_scores, majority_vote, pass_at_k
+from srtlab.answers.metrics import aggregate_scores, group_scores, majority_vote, pass_at_k
 
 
 def test_pass_at_k_closed_form() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import reasoning_gym
 import torch
 
-from srtlab.eval.canonical import ScoreStats, answers_equivalent, normalize_text, parse_answer, parsed_equivalent
+from srtlab.answers.canonical import ScoreStats, answers_equivalent, normalize_text, parse_answer, parsed_equivalent
 from srtlab.types import Prompt, RolloutBatch
 
 Scorer = Callable[[str | None, dict[str, Any]], float]  # reasoning-gym's score_answer(answer, entry)
@@ -28,7 +28,7 @@ def has_gold(prompt: Prompt) -> bool:
 def is_correct(answer: str | None, prompt: Prompt, scorer: Scorer | None = None) -> bool:
     """Whether ``answer`` is right for ``prompt``; False for no answer or no gold answer.
 
-    ``"math"`` prompts: math-verify against the gold answer, at a bounded cost (``srtlab.eval.bounds``; any thread).
+    ``"math"`` prompts: math-verify against the gold answer, at a bounded cost (``srtlab.answers.bounds``; any thread).
     ``"text"`` prompts with a reasoning-gym item in ``metadata["entry"]``: the task's own scorer
     (``scorer``, or a fresh ``get_score_answer_fn(prompt.task)``) must give 1.0 to the raw answer or to
     its :func:`normalize_text` form. Other ``"text"`` prompts: normalised text equality.

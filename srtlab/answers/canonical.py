@@ -4,7 +4,7 @@ Two kinds (``Prompt.answer_kind``): ``"math"`` answers are compared with math-ve
 ``\\frac{1}{2}``, ``\\dfrac{1}{2}``, ``\\left( 1,2 \\right)`` and ``(1,2)`` are equal), ``"text"`` answers by
 string normalisation (:func:`normalize_text`).
 
-Scoring model text has a bounded cost, in any thread (see :mod:`srtlab.eval.bounds`): a math answer is
+Scoring model text has a bounded cost, in any thread (see :mod:`srtlab.answers.bounds`): a math answer is
 refused before parsing when it is too long or nested too deep, and before comparing when it would make
 sympy build huge numbers; parsing and comparing one answer run under ``ScoreBudget.answer_s`` and one
 group under ``ScoreBudget.group_s``. A refused or timed-out answer counts as no answer and is counted in
@@ -23,7 +23,7 @@ from typing import Any
 
 from math_verify import parse, verify
 
-from srtlab.eval.bounds import (
+from srtlab.answers.bounds import (
     ScoreTimeout,
     expression_problem,
     latex_problem,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from srtlab.eval.extract import ANSWER_STYLES, extract_answer
+from srtlab.answers.extract import ANSWER_STYLES, extract_answer
 
 
 @pytest.mark.parametrize(

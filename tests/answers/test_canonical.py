@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from srtlab.eval.canonical import (
+from srtlab.answers.canonical import (
     ScoreBudget,
     ScoreStats,
     answers_equivalent,
