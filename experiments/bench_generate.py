@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from srtlab import config_dir
 from srtlab.algorithms.advantages import compute_advantages
+from srtlab.builder import Builder
 from srtlab.perf import ModelShape, generate_work, measure_bandwidth, measure_matmul_flops, train_work
 from srtlab.rollout.engine import SamplingSettings
 from srtlab.train import register_resolvers
@@ -58,10 +58,10 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *args.overrides])
     module = policy_from(cfg)
-    dm = instantiate(cfg.data, _convert_="all")
+    dm = Builder(cfg)("data")
     dm.setup()
-    engine = instantiate(cfg.rollout.engine)(model=module.model, tokenizer=module.tokenizer)
-    base = instantiate(cfg.rollout.sampling)
+    engine = module.rollouts.make_engine(model=module.model, tokenizer=module.tokenizer)
+    base = module.rollouts.sampling
     n = cfg.rollout.n
     peak = measure_matmul_flops(torch.bfloat16)
     bandwidth = measure_bandwidth()

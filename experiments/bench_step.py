@@ -29,26 +29,23 @@ import time
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from srtlab import config_dir
 from srtlab.algorithms.advantages import compute_advantages
+from srtlab.builder import Builder
 from srtlab.data.datamodule import PromptStream
 from srtlab.modules.policy import PolicyModule
 from srtlab.perf import ModelShape, generate_work, measure_bandwidth, measure_matmul_flops, train_work
 from srtlab.rollout.sync import LogprobProbe, policy_weights
-from srtlab.train import register_resolvers
+from srtlab.train import build_module, register_resolvers
 
 
 def policy_from(cfg) -> PolicyModule:
-    """The config's policy module, its model loaded, without a Trainer (the benchmarks drive it); sets the
-    config's torch threads."""
+    """The config's policy module, built as ``fit`` builds it (``srtlab.train.build_module``), its model loaded,
+    without a Trainer (the benchmarks drive it); sets the config's torch threads."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    module = PolicyModule(model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
-                          algorithm=instantiate(cfg.algorithm), optim=instantiate(cfg.optim),
-                          micro_batch_prompts=cfg.micro_batch_prompts, temperature=cfg.rollout.sampling.temperature,
-                          activation_checkpointing=cfg.model.activation_checkpointing)
+    module = build_module(cfg)
     module.configure_model()
     return module
 
@@ -73,15 +70,14 @@ def main() -> None:
         cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *engine_overrides,
                                         *args.overrides])
     module = policy_from(cfg)
-    opt = torch.optim.AdamW([p for p in module.model.parameters() if p.requires_grad], lr=cfg.optim.lr)
-    dm = instantiate(cfg.data, _convert_="all")
+    opt = module.make_optimizer([p for p in module.model.parameters() if p.requires_grad])  # the configured one
+    dm = Builder(cfg)("data")
     dm.setup()
     t_start = time.perf_counter()
-    engine = instantiate(cfg.rollout.engine)(model=module.model, tokenizer=module.tokenizer)
+    engine = module.rollouts.make_engine(model=module.model, tokenizer=module.tokenizer)
     start_s = time.perf_counter() - t_start
     probe = LogprobProbe(prompts=2, tokens=8, max_median_diff=float("inf"))
-    reward = instantiate(cfg.reward, _convert_="all")
-    sampling = instantiate(cfg.rollout.sampling)
+    reward, sampling = module.reward, module.rollouts.sampling
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if str(cfg.trainer.precision).startswith("bf16")
                 else contextlib.nullcontext())
     stream = iter(PromptStream(dm.train.prompts, cfg.data.batch_size, cfg.seed))  # plain dicts, not DictConfigs

@@ -24,19 +24,15 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from srtlab.algorithms.advantages import compute_advantages
-from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
 from srtlab.data.sources import ReasoningGymSource
 from srtlab.modules.policy import PolicyModule
-from srtlab.rewards.mix import RewardMix
-from srtlab.rewards.vote import MajorityVote
-from srtlab.rollout.engine import SamplingSettings
-from srtlab.rollout.hf import HFEngine
 from srtlab.rollout.sync import policy_weights
 
 QWEN25_1_5B = dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
@@ -45,16 +41,38 @@ SMALL_QWEN = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, nu
                   intermediate_size=128, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=True)
 
 
-def qwen_shaped(tokenizer, sizes: dict, device: str) -> torch.nn.Module:
-    """A randomly initialised Qwen2 model of ``sizes`` (fp32 master weights) on ``device``."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def qwen_folder(tokenizer, sizes: dict, folder: Path) -> Path:
+    """A model folder of a Qwen2 model of ``sizes`` (config.json and ``tokenizer``'s files, no weights), which
+    ``model.init=random`` builds with fresh weights."""
+    from transformers import Qwen2Config
 
     config = Qwen2Config(**sizes, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id)
     assert len(tokenizer) <= config.vocab_size, "the tokenizer's ids must fit the vocabulary"
-    torch.manual_seed(0)
-    with torch.device(device):
-        return Qwen2ForCausalLM(config).train()
+    config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_policy(args, model_path: str, init: str = "pretrained") -> PolicyModule:
+    """The policy module as ``fit`` builds it (``srtlab.train.build_module``) from the default SRT config, with
+    this check's shapes; its model loaded on ``args.device``."""
+    from hydra import compose, initialize_config_dir
+
+    from srtlab import config_dir
+    from srtlab.train import build_module, register_resolvers
+
+    register_resolvers()
+    overrides = ["experiment=srt", f"model.path={model_path}", f"model.init={init}", "module.micro_batch_prompts=4",
+                 f"rollout.n={args.n}", f"rollout.sampling.max_new_tokens={args.max_new_tokens}",
+                 f"rollout.engine.prompts_per_call={args.batch}", "rollout.engine.dtype=bfloat16", "optim.lr=1e-6",
+                 "run_dir=/tmp/srtlab-gpu-check"]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("fit", overrides=overrides)
+    policy = build_module(cfg)
+    policy.configure_model()
+    policy.model.to(args.device)
+    return policy
 
 
 def non_embedding_params(model: torch.nn.Module) -> int:
@@ -67,11 +85,10 @@ def run_model(name: str, policy: PolicyModule, args, device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     model = policy.model
-    engine = HFEngine(model, policy.tokenizer, dtype="bfloat16", prompts_per_call=args.batch)
-    sampling = SamplingSettings(temperature=0.7, max_new_tokens=args.max_new_tokens)
-    reward = RewardMix({"vote": MajorityVote()}, {"vote": 1.0})
+    engine = policy.rollouts.make_engine(model=model, tokenizer=policy.tokenizer)
+    sampling, reward = policy.rollouts.sampling, policy.reward
     prompts = ReasoningGymSource("letter_counting", size=args.batch * (args.steps + 1), seed=0).prompts
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    opt = policy.make_optimizer([p for p in model.parameters() if p.requires_grad])  # the configured optimizer
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     n_params = non_embedding_params(model)
     times: dict[str, list[float]] = {"generate": [], "reward": [], "train": [], "sync": [], "step": []}
@@ -134,16 +151,14 @@ def main() -> None:
         raise SystemExit("--device cuda: no CUDA device here; use --device cpu --small for the CPU smoke test")
     if args.device.startswith("cuda"):
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    algo = AlgorithmSettings(advantage="rloo")
-    policy = PolicyModule(args.model_path, algo, OptimSettings(), micro_batch_prompts=4, temperature=0.7)
-    policy.configure_model()
-    policy.model.to(args.device)
+    policy = build_policy(args, args.model_path)
     run_model(f"policy {args.model_path} (SmolLM2-135M by default)", policy, args, args.device)
+    tokenizer = policy.tokenizer
     policy.model = None  # free it before the larger model
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
-    qwen = PolicyModule(args.model_path, algo, OptimSettings(), micro_batch_prompts=4, temperature=0.7)
-    qwen.model = qwen_shaped(qwen.tokenizer, SMALL_QWEN if args.small else QWEN25_1_5B, args.device)  # random init
+    folder = qwen_folder(tokenizer, SMALL_QWEN if args.small else QWEN25_1_5B, Path(tempfile.mkdtemp()))
+    qwen = build_policy(args, str(folder), init="random")
     run_model("Qwen2.5-1.5B shape, random weights" if not args.small else "Qwen2 small shape, random weights",
               qwen, args, args.device)
     if not args.skip_tests:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 USAGE = """usage: python -m srtlab COMMAND [overrides]
 
@@ -24,9 +23,6 @@ commands:
 """
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"  # hydra.main's config_path below
-
-
 def _hydra_task(config_name: str, task):
     import hydra
 
@@ -36,7 +32,7 @@ def _hydra_task(config_name: str, task):
 
     register_resolvers()
     # Check before hydra.main: Hydra creates the run folder (.hydra/, the log) before the task runs.
-    error = check_command_line(str(CONFIG_DIR), config_name, sys.argv[1:])
+    error = check_command_line(str(config_dir()), config_name, sys.argv[1:])  # the folder hydra.main reads
     if error:
         print("\n".join(f"config error: {line}" for line in error.splitlines()), file=sys.stderr)
         raise SystemExit(CONFIG_ERROR_EXIT)

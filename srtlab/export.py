@@ -13,11 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
-from srtlab.models.load import LoraSettings, load_model, load_tokenizer
-
-POLICY_PREFIX = "model."  # PolicyModule keeps the policy as ``self.model``
+from srtlab.models.load import load_policy_weights
 
 
 def check_out_dir(out_dir: str | Path) -> Path:
@@ -44,31 +40,28 @@ def run_config(ckpt: Path):
     return OmegaConf.load(file), file
 
 
-def policy_state(ckpt: Path) -> dict[str, torch.Tensor]:
-    """The policy's tensors from a Lightning checkpoint file, without the ``model.`` prefix."""
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter_only: bool = False) -> Path:
+    """Write the Hugging Face folder of ``ckpt`` at ``out_dir`` (checked before anything loads)."""
+    from srtlab.train import build_module, register_resolvers
+
+    out, ckpt = check_out_dir(out_dir), Path(ckpt).expanduser()
+    cfg, config_file = run_config(ckpt)
     if not ckpt.is_file():
         hint = " (a sharded FSDP checkpoint folder: consolidate it first)" if ckpt.is_dir() else ""
         raise FileNotFoundError(f"export CKPT={str(ckpt)!r} is not a checkpoint file{hint}")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    return {k[len(POLICY_PREFIX):]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
-
-
-def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter_only: bool = False) -> Path:
-    """Write the Hugging Face folder of ``ckpt`` at ``out_dir`` (checked before anything loads)."""
-    out, ckpt = check_out_dir(out_dir), Path(ckpt).expanduser()
-    cfg, config_file = run_config(ckpt)
-    lora = LoraSettings(**{k: v for k, v in cfg.model.lora.items() if k != "_target_"})
-    if adapter_only and lora.r == 0:
+    register_resolvers()
+    module = build_module(cfg)  # the run's own module, as fit built it
+    if adapter_only and module.settings.lora.r == 0:
         raise ValueError(f"export --adapter-only: the run of {str(ckpt)!r} trained all weights (model.lora.r=0); "
                          "there is no adapter to export")
-    model = load_model(cfg.model.path, cfg.model.dtype, lora, cfg.model.trust_remote_code)
-    model.load_state_dict(policy_state(ckpt), strict=True)
-    if lora.r > 0 and not adapter_only:
+    module.configure_model()
+    model = load_policy_weights(module.model, ckpt)
+    if module.settings.lora.r > 0 and not adapter_only:
         model = model.merge_and_unload()
     tmp = out.with_name(out.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    load_tokenizer(cfg.model.path, cfg.model.trust_remote_code).save_pretrained(tmp)
+    module.tokenizer.save_pretrained(tmp)
     shutil.copy(config_file, tmp / "config.yaml")
     if out.exists():
         out.rmdir()  # empty, checked above

@@ -25,32 +25,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from srtlab.answers.gold import GoldScorer
 from srtlab.answers.votes import vote_groups
 from srtlab.seeds import seed_for
+from srtlab.settings import Annotated, checked, integer, real, text
 from srtlab.types import question_of
 
 
+@checked
 @dataclass
 class LabelSettings:
     """What ``label`` does: k samples per prompt, the kept threshold, how many prompts, where to write."""
 
-    out: str
-    k: int = 16
-    min_share: float = 0.0
-    size: int | None = None  # the first ``size`` training prompts, or all
-    prompts_per_call: int = 32  # prompts sampled per engine call (progress is printed per call)
-
-    def validate(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"label.k={self.k}; must be >= 1")
-        if not 0.0 <= self.min_share <= 1.0:
-            raise ValueError(f"label.min_share={self.min_share}; must be in [0, 1]")
-        if self.size is not None and self.size < 1:
-            raise ValueError(f"label.size={self.size}; must be >= 1 or null")
+    out: Annotated[str, text()]
+    k: Annotated[int, integer(1)] = 16
+    min_share: Annotated[float, real(0, 1)] = 0.0
+    size: Annotated[int | None, integer(1, null=True)] = None  # the first ``size`` training prompts, or all
+    prompts_per_call: Annotated[int, integer(1)] = 32  # prompts sampled per engine call (progress per call)
 
 
 @contextmanager
@@ -71,14 +64,17 @@ def open_beside(out: Path) -> Iterator[TextIO]:
 
 
 def load_policy(cfg: DictConfig):
-    """-> (model, tokenizer): ``model.path``, with the weights of ``ckpt_path`` when given."""
-    from srtlab.models.load import load_model, load_tokenizer
+    """The policy module of ``cfg`` with its model loaded (``model.path``), and the weights of ``ckpt_path`` when
+    given; the same builder as ``fit`` (``srtlab.train.build_module``)."""
+    from srtlab.models.load import load_policy_weights
+    from srtlab.train import build_module
 
-    model = load_model(cfg.model.path, cfg.model.dtype, instantiate(cfg.model.lora), cfg.model.trust_remote_code)
+    module = build_module(cfg)
+    module.configure_model()
     if cfg.get("ckpt_path"):  # weights_only: a crafted checkpoint cannot run code when unpickled
-        state = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    return model.eval(), load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+        load_policy_weights(module.model, cfg.ckpt_path)
+    module.model.eval()
+    return module
 
 
 def label_rows(engine, prompts: list, settings: LabelSettings, sampling, seed: int) -> list[dict[str, Any]]:
@@ -130,19 +126,19 @@ def summarize(rows: list[dict[str, Any]], min_share: float) -> dict[str, float]:
 
 def label(cfg: DictConfig) -> dict[str, Any]:
     """Write the teacher labels file for the training prompts and print how good the labels are."""
-    from srtlab.train import _setup
+    from srtlab.builder import Builder
+    from srtlab.train import prepare_run
 
-    run_dir = _setup(cfg)  # checks every value, label.out and ckpt_path included
-    settings: LabelSettings = instantiate(cfg.label)
+    run_dir = prepare_run(cfg)  # checks every value, label.out and ckpt_path included
+    settings: LabelSettings = Builder(cfg)("label")
     start = time.time()
     out = Path(settings.out)
     with open_beside(out) as partial:  # opened now: a bad path fails before any sampling
-        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule = Builder(cfg)("data")
         datamodule.setup("fit")
         prompts = list(datamodule.train.prompts)[: settings.size]
-        model, tokenizer = load_policy(cfg)
-        engine = instantiate(cfg.rollout.engine)(model=model, tokenizer=tokenizer)
-        rows = label_rows(engine, prompts, settings, instantiate(cfg.rollout.sampling), cfg.seed)
+        module = load_policy(cfg)
+        rows = label_rows(module.engine(), prompts, settings, module.rollouts.sampling, cfg.seed)
         partial.writelines(json.dumps(row, default=str) + "\n" for row in rows)
     summary = {**summarize(rows, settings.min_share), "k": settings.k, "file": str(out),
                "wall_s": round(time.time() - start, 1)}

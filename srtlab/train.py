@@ -1,8 +1,8 @@
 """The tasks behind the command line: ``fit`` and ``eval``; the config is read here and in ``label``.
 
-``check_config`` (``srtlab.validate``) checks every value before anything is written or loaded, so a
-typo fails in a second with a message naming the key. ``build`` instantiates the objects from their
-``_target_``s.
+``prepare_run`` checks every value (``srtlab.validate``) before anything is written or loaded, so a typo
+fails in a second with a message naming the key. ``build`` makes the module, datamodule and trainer from their
+``_target_``s (``srtlab.builder``: the one builder, shared with label, export, the benchmarks and the GPU check).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from srtlab.rollout.rollouts import Rollouts
+from srtlab.builder import Builder
 from srtlab.validate import CONFIG_ERROR_EXIT, ConfigError, check_config
 
 log = logging.getLogger(__name__)
@@ -55,34 +55,32 @@ def register_resolvers() -> None:
 
 
 # -- building ---------------------------------------------------------------------------------------
+def build_module(cfg: DictConfig, builder: Builder | None = None):
+    """The policy module of ``cfg`` (``instantiate(cfg.module)``, each node checked under its key); nothing is
+    loaded until ``configure_model()``. ``fit``, ``eval``, ``label``, ``export``, the benchmarks and the GPU check
+    all build it here."""
+    if "module" not in cfg:
+        raise ConfigError("this config has no `module` node (a run written by an older srtlab?); compose it with "
+                          "this version's configs")
+    return (builder or Builder(cfg))("module")
+
+
 def build(cfg: DictConfig, with_checkpoints: bool = True):
     """-> (module, datamodule, trainer) from the config."""
-    from srtlab.modules.policy import PolicyModule
-
-    run_dir = Path(cfg.run_dir)
-    rollouts = Rollouts(
-        engine=instantiate(cfg.rollout.engine), n=cfg.rollout.n, sampling=instantiate(cfg.rollout.sampling),
-        val_n=cfg.rollout.val_n, val_sampling=instantiate(cfg.rollout.val_sampling), seed=cfg.seed,
-        program=instantiate(cfg.rollout.get("program"), _convert_="all"), probe=instantiate(cfg.rollout.get("probe")))
-    module = PolicyModule(
-        model_path=cfg.model.path, dtype=cfg.model.dtype, lora=instantiate(cfg.model.lora),
-        trust_remote_code=cfg.model.trust_remote_code, algorithm=instantiate(cfg.algorithm),
-        optim=instantiate(cfg.optim), rollouts=rollouts, reward=instantiate(cfg.reward, _convert_="all"),
-        micro_batch_prompts=cfg.micro_batch_prompts,
-        activation_checkpointing=cfg.model.get("activation_checkpointing", False),
-        samples_every=cfg.get("samples_every", 0))
-    datamodule = instantiate(cfg.data, _convert_="all")
+    builder = Builder(cfg)
+    module = build_module(cfg, builder)
+    datamodule = builder("data")
     callbacks: list[L.Callback] = []
     # more callbacks by config (the curriculum, ...): `callbacks.<name>: {_target_: ...}`, null removes one
-    callbacks += [instantiate(node, _convert_="all") for node in (cfg.get("callbacks") or {}).values()
+    callbacks += [builder(f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items()
                   if node is not None]
     if with_checkpoints:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         # one file, last.ckpt, rewritten every checkpoint_every steps (atomically: AtomicCheckpointIO); a
         # separate step<N>.ckpt beside it doubled the bytes written (1.6 GB each for SmolLM2 with Adam)
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=cfg.checkpoint_every,
-                                         save_top_k=0, save_last=True))
+        callbacks.append(ModelCheckpoint(dirpath=Path(cfg.run_dir) / "checkpoints",
+                                         every_n_train_steps=cfg.checkpoint_every, save_top_k=0, save_last=True))
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(_progress_bar())
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
@@ -117,7 +115,9 @@ def check_or_exit(cfg: DictConfig) -> None:
         raise SystemExit(CONFIG_ERROR_EXIT) from None
 
 
-def _setup(cfg: DictConfig) -> Path:
+def prepare_run(cfg: DictConfig) -> Path:
+    """Check the config (exit 2 with one-line messages when it is wrong), then set threads and seeds and create
+    the run folder with the resolved ``config.yaml``; -> the run folder. Every task starts here."""
     for pattern in _QUIET:
         warnings.filterwarnings("ignore", message=pattern)
     check_or_exit(cfg)
@@ -151,7 +151,7 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
 # -- tasks ------------------------------------------------------------------------------------------
 def fit(cfg: DictConfig) -> dict[str, Any]:
     """Train with self-reward; evaluate before and after; print and save the before/after table."""
-    run_dir = _setup(cfg)
+    run_dir = prepare_run(cfg)
     ckpt = cfg.ckpt_path or (str(run_dir / "checkpoints" / "last.ckpt") if cfg.resume else None)
     module, datamodule, trainer = build(cfg)
     results_file = run_dir / "results.json"
@@ -176,7 +176,7 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``model.path`` or a fit checkpoint (``ckpt_path``) on the held-out sets."""
-    run_dir = _setup(cfg)
+    run_dir = prepare_run(cfg)
     module, datamodule, trainer = build(cfg, with_checkpoints=False)
     trainer.validate(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, verbose=False)
     metrics = val_metrics(trainer)

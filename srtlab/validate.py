@@ -1,14 +1,16 @@
-"""One validation pass over the composed config, before anything is written or loaded.
+"""One check of the composed config, before anything is written or loaded.
 
-``check_config(cfg)`` raises :class:`ConfigError`, one line per bad value, each naming the key, the
-value and what is accepted. It runs in four steps, cheapest first:
+``check_config(cfg)`` raises :class:`ConfigError`, one line per bad value, each naming the key the user set, the
+value and what is accepted. Every key is checked in one place:
 
-1. the table ``RULES``: types and ranges of single keys (``rollout.n`` an integer >= 2, ...);
-2. cross-key rules: reward weights (finite, >= 0, positive sum), the task config through
-   reasoning-gym's own ``validate()``;
-3. the objects that validate themselves (datamodule, reward mix, algorithm, sampling, LoRA, label
-   settings, extra callbacks such as the curriculum) are built (no model, no data yet) and asked;
-4. paths: the model folder, ``ckpt_path``, the run folder and ``label.out`` (exist, right kind, writable).
+1. the objects own their keys: ``check_config`` builds them (``srtlab.builder``: the module with its model
+   settings, rollout stage, reward mix and objective; the datamodule; the callbacks; the label settings), and
+   each checks its own values as it is built (``srtlab.settings``). Nothing heavy is loaded: no model, no
+   tokenizer; a data file is opened and one row of each split read;
+2. what no srtlab object owns is checked here: the run's own keys (:data:`RUN`), the nodes that Lightning and
+   torch take (``trainer.*``, ``logger.*``, ``optim.*``, ``lr_schedule.*``: built on a stand-in, so their own
+   checks run, with srtlab's bounds on top), keys that depend on each other (the global batch and the ranks),
+   mandatory values left unset (``???``), and paths (``ckpt_path``, the run folder, ``label.out``).
 
 The command line (``srtlab.__main__``) runs it on a config composed with Hydra's compose API *before*
 ``hydra.main`` starts, since Hydra creates the run folder (``.hydra/``, the log file) before the task
@@ -17,72 +19,193 @@ runs; a failed check writes nothing. Config errors exit with status 2.
 
 from __future__ import annotations
 
+import inspect
 import os
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from srtlab.config_rules import _ABSENT, _select, bad, check_table, is_real
+from srtlab.builder import Builder, BuildError
+from srtlab.settings import (
+    Rule,
+    SettingError,
+    any_of,
+    boolean,
+    check,
+    choice,
+    integer,
+    listing,
+    mapping,
+    real,
+    record,
+    scope,
+    text,
+)
 
 CONFIG_ERROR_EXIT = 2  # the exit status of a config error (argparse's, and Hydra's usage errors')
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+OWNER = "srtlab.validate"
 
 
 class ConfigError(ValueError):
     """A bad config value; the message is one line per bad value: key, value, what is accepted."""
 
 
-# -- cross-key rules --------------------------------------------------------------------------------
-def check_weights(weights: dict[str, Any]) -> list[str]:
-    """Reward weights: finite and >= 0, with a positive sum.
-
-    Negative weights are refused: every source reports "higher is better" in [0, 1] (or a rank), and a
-    negative weight would silently train away from it; a penalty belongs in a source of its own.
-    """
-    if not isinstance(weights, dict):
-        return [bad("reward.weights", weights, "a mapping from source name to weight")]
-    errors = [bad(f"reward.weights.{k}", w, "a finite number >= 0") for k, w in weights.items()
-              if not (is_real(w) and w >= 0)]
-    if not errors and sum(weights.values()) <= 0:
-        errors.append(bad("reward.weights", weights, "weights with a positive sum (at least one source > 0)"))
-    return errors
+def bad(key: str, value: Any, accepted: str) -> str:
+    """The one-line message for a bad value."""
+    return f"{key}={value!r}; accepted: {accepted}"
 
 
-def check_task_config(task: str, config: dict[str, Any]) -> list[str]:
-    """The task config through reasoning-gym's own ``validate()`` (a bare AssertionError there)."""
-    from reasoning_gym.factory import DATASETS
+# -- the keys no srtlab object takes ------------------------------------------------------------------
+RUN: dict[str, Rule] = {
+    "name": Rule(lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "seed": integer(0), "resume": boolean(), "ckpt_path": text(null=True), "run_dir": text(),
+    "eval_before": boolean(), "eval_after": boolean(), "checkpoint_every": integer(1), "threads": integer(1, null=True),
+    "callbacks": mapping(null=True, what="a mapping of name -> a callback node (with _target_) or null"),
+}
 
-    if task not in DATASETS:
-        return []  # named by the datamodule's own check (with close task names)
-    config_cls = DATASETS[task][1]
+
+def _precisions() -> list[str]:
+    import typing
+
+    from lightning.fabric.connector import _PRECISION_INPUT_STR
+
+    return list(typing.get_args(_PRECISION_INPUT_STR))
+
+
+DEVICES = any_of(integer(1), Rule(lambda v: v == "auto" or v == -1, "auto"),
+                 Rule(lambda v: isinstance(v, (list, ListConfig)) and all(isinstance(d, int) for d in v),
+                      "a list of device indices"))
+SIZE = any_of(integer(1), Rule(lambda v: v == "auto", "auto"))
+
+
+def trainer_rules() -> dict[str, Rule]:
+    """Lightning Trainer arguments as the configs use them; any other Trainer argument is Lightning's to check."""
+    return {
+        "accelerator": choice(("cpu", "gpu", "cuda", "mps", "tpu", "auto")), "devices": DEVICES,
+        "num_nodes": integer(1), "precision": choice(_precisions()), "max_steps": integer(1),
+        "val_check_interval": integer(1, null=True), "check_val_every_n_epoch": integer(1, null=True),
+        "num_sanity_val_steps": integer(-1), "log_every_n_steps": integer(1), "enable_progress_bar": boolean(),
+        "enable_model_summary": boolean(), "default_root_dir": text(),
+        "limit_val_batches": any_of(integer(0), real(0, 1)),
+        "plugins": listing(null=True, what="a list of Lightning plugin nodes or null"),
+        "strategy": any_of(text(), mapping(what="a strategy node")),
+        "strategy.data_parallel_size": SIZE, "strategy.tensor_parallel_size": SIZE,
+        "strategy.save_distributed_checkpoint": boolean(),
+    }
+
+
+# srtlab's bounds on the optimizer's own arguments: values a user may well type, that no run can use
+OPTIM: dict[str, Rule] = {
+    "lr": real(0, 1, open_low=True, why="a larger step diverges at once"),
+    "weight_decay": real(0, 1, why="the weights would shrink by more than themselves"),
+    "betas": Rule(lambda v: isinstance(v, (list, tuple, ListConfig)) and len(v) == 2 and all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+}
+
+
+def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
+    return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+
+def _check_keys(cfg: DictConfig, prefix: str, rules: dict[str, Rule]) -> list[str]:
+    """Check the keys of ``rules`` present under ``prefix`` (interpolated keys: where they point, once)."""
+    from srtlab.builder import alias_of
+
+    values = {}
+    for key in rules:
+        full = f"{prefix}.{key}" if prefix else key
+        parent, _, leaf = full.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if not isinstance(node, DictConfig) or leaf not in node or alias_of(cfg, full) is not None:
+            continue
+        values[key] = _select(cfg, full)
     try:
-        config_cls(**config).validate()
-    except (AssertionError, TypeError, ValueError) as err:
-        named = [f for f in config if re.search(rf"\b{re.escape(f)}\b", str(err))] or sorted(config)
-        values = ", ".join(f"data.task_config.{f}={config[f]!r}" for f in named)
-        reason = str(err) or type(err).__name__
-        accepted = f"what reasoning-gym {config_cls.__name__} allows ({reason})"
-        return [f"{values or 'data.task_config={}'}; accepted: {accepted}"]
+        with scope(prefix):
+            check(_Validate, rules, values)
+    except SettingError as err:
+        return str(err).splitlines()
     return []
 
 
-def effective_task_config(cfg: DictConfig) -> dict[str, Any]:
-    """``data.task_config``, or the preset for the task (as the datamodule picks it)."""
-    config = _select(cfg, "data.task_config")
-    if config in (None, _ABSENT):
-        config = (_select(cfg, "data.presets") or {}).get(_select(cfg, "data.task"), {})
-    return dict(config or {})
+class _Validate:  # the owner named for the keys checked here
+    __qualname__ = OWNER
+
+
+def _mention(message: str, keys: list[str]) -> list[str]:
+    """The keys a library's error message is about: every word of the key in it (``start_factor``: "Starting
+    multiplicative factor"), or its usual name (``lr``: "learning rate")."""
+    low = message.lower()
+    words = {"lr": "learning rate", "betas": "beta", "eps": "epsilon", "T_max": "t_max"}
+    return [k for k in keys if all(w in low for w in k.lower().split("_")) or (k in words and words[k] in low)]
+
+
+def check_library_node(cfg: DictConfig, key: str, build, ours: dict[str, Rule] | None = None) -> list[str]:
+    """A node that Lightning or torch takes (``optim``, ``lr_schedule``, ``logger``): build it on a stand-in so the
+    library's own checks run; its error is named by the keys it mentions. ``ours``: the keys srtlab bounds itself
+    (checked in :func:`check_libraries`, their one home here)."""
+    from hydra.errors import InstantiationException
+
+    node = OmegaConf.select(cfg, key)
+    if node is None:
+        return []
+    owner = str(node.get("_target_", key)) if isinstance(node, DictConfig) else key
+    names = [k for k in node if not str(k).startswith("_")] if isinstance(node, DictConfig) else []
+    for name in names:
+        if name not in (ours or {}):
+            record(f"{key}.{name}", owner)
+    try:
+        build(node)
+    except (InstantiationException, TypeError, ValueError, IndexError, KeyError) as err:
+        cause = err.__cause__ if isinstance(err, InstantiationException) and err.__cause__ else err
+        message = " ".join(str(cause).split())
+        named = _mention(message, names)
+        return [bad(f"{key}.{n}", _select(cfg, f"{key}.{n}"), f"what {owner} accepts ({message})") for n in named] \
+            or [f"{key}: {message}"]
+    return []
+
+
+def check_libraries(cfg: DictConfig) -> list[str]:
+    """``trainer.*`` (a table: Lightning checks the rest when the run starts), ``optim.*`` and ``lr_schedule.*``
+    (built on a stand-in parameter; srtlab's bounds on top), ``logger.*`` (built)."""
+    import torch
+    from hydra.utils import instantiate
+
+    errors = _check_keys(cfg, "trainer", trainer_rules())
+    trainer = OmegaConf.select(cfg, "trainer")
+    if isinstance(trainer, DictConfig):
+        import lightning
+
+        accepted = set(inspect.signature(lightning.Trainer.__init__).parameters)
+        for name in trainer:
+            if name.startswith("_"):
+                continue
+            record(f"trainer.{name}", OWNER)
+            if name not in accepted:
+                errors.append(bad(f"trainer.{name}", _select(cfg, f"trainer.{name}"),
+                                  "an argument of lightning.Trainer"))
+    errors += _check_keys(cfg, "optim", OPTIM)
+    stand_in = [torch.nn.Parameter(torch.zeros(1))]
+    made: dict[str, Any] = {}
+
+    def optimizer(node: DictConfig) -> None:
+        made["optim"] = instantiate(node, _convert_="all")(stand_in)
+
+    errors += check_library_node(cfg, "optim", optimizer, OPTIM) if not errors else []
+    if "optim" in made:
+        errors += check_library_node(cfg, "lr_schedule", lambda node: instantiate(node, _convert_="all")(made["optim"]))
+    errors += check_library_node(cfg, "logger", lambda node: instantiate(node))
+    return errors
 
 
 def check_batch_split(cfg: DictConfig) -> list[str]:
     """data.batch_size is the global batch: it must divide by the number of ranks (devices x nodes), when the
     config names it (an int ``trainer.devices``; "auto" is checked at setup, by the datamodule)."""
     size, devices, nodes = (_select(cfg, k) for k in ("data.batch_size", "trainer.devices", "trainer.num_nodes"))
-    nodes = 1 if nodes in (_ABSENT, None) else nodes
+    nodes = 1 if nodes is None else nodes
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (size, devices, nodes)):
         return []
     if size % (devices * nodes):
@@ -91,41 +214,25 @@ def check_batch_split(cfg: DictConfig) -> list[str]:
     return []
 
 
-# -- objects that validate themselves ---------------------------------------------------------------
+# -- the objects --------------------------------------------------------------------------------------
+def object_keys(cfg: DictConfig) -> list[str]:
+    """The nodes built as srtlab objects: the module (and through it the model, rollout, reward, algorithm
+    groups), the datamodule, every callback, the label settings."""
+    keys = ["module", "data"]
+    keys += [f"callbacks.{name}" for name, node in (cfg.get("callbacks") or {}).items() if node is not None]
+    return keys + (["label"] if "label" in cfg else [])
+
+
 def check_objects(cfg: DictConfig) -> list[str]:
-    """Step 3: build each settings object / datamodule / reward mix (cheap: no model, no data) and validate it."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    from srtlab.rollout.engine import SamplingSettings
-
-    keys = ["data", "reward", "algorithm", "optim", "rollout.sampling", "rollout.val_sampling", "model.lora",
-            "rollout.program", "label", *[f"callbacks.{n}" for n in (cfg.get("callbacks") or {})]]
-    errors = []
-    for key in keys:
-        node = OmegaConf.select(cfg, key, default=None)
-        if node is None:
-            continue
+    """Build every srtlab object of the config (nothing heavy loads); -> their problems, one line each."""
+    builder = Builder(cfg)
+    errors: list[str] = []
+    for key in object_keys(cfg):
         try:
-            built = instantiate(node, _convert_="all")
-            if isinstance(built, SamplingSettings):
-                built.validate(key)
-            elif hasattr(built, "validate"):
-                built.validate()
-        except InstantiationException as err:
-            cause = err.__cause__ or err
-            errors.append(_one_line(f"{key}: {cause}" if not _names_a_key(cause) else str(cause)))
-        except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
-            errors.append(_one_line(str(err) if _names_a_key(err) else f"{key}: {err}"))
+            builder(key)
+        except (SettingError, BuildError) as err:
+            errors += [line for line in str(err).splitlines() if line not in errors]
     return errors
-
-
-def _names_a_key(err: BaseException) -> bool:
-    return bool(re.match(r"^[\w.\[\]]+ ?=", str(err)))
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
 
 
 # -- paths --------------------------------------------------------------------------------------------
@@ -151,19 +258,6 @@ def writable_location(key: str, path: Path, kind: str) -> str | None:
     return None
 
 
-def check_model_folder(path: str) -> list[str]:
-    from srtlab.models.load import BUILTIN_MODELS, check_model_path
-
-    try:
-        check_model_path(path)
-    except FileNotFoundError as err:
-        return [str(err)]
-    folder = Path(path).expanduser()
-    if path not in BUILTIN_MODELS and not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        return [bad("model.path", path, f"a model folder with tokenizer files ({', '.join(TOKENIZER_FILES)})")]
-    return []
-
-
 def check_checkpoint(path: str, needs_file: bool) -> list[str]:
     """``ckpt_path``: a checkpoint file written by fit (torch.save's zip), or, for fit/eval, a sharded folder."""
     p = Path(path)
@@ -177,25 +271,33 @@ def check_checkpoint(path: str, needs_file: bool) -> list[str]:
     return []
 
 
-def check_paths(cfg: DictConfig) -> list[str]:
-    """Step 4: model folder, checkpoint, run folder, label.out. The run folder is resolved last:
-    its resolver derives it from ``ckpt_path`` (or finds the newest run for ``resume=true``)."""
-    errors = check_model_folder(cfg.model.path)
+def check_run_dir(cfg: DictConfig) -> list[str]:
+    """The run folder resolves: its resolver derives it from ``ckpt_path`` (which must then exist) or, with
+    ``resume=true``, finds the newest run of this name (there must be one)."""
     ckpt = cfg.get("ckpt_path")
-    if ckpt:
-        errors += check_checkpoint(ckpt, needs_file="label" in cfg)
-    if errors:
-        return errors
+    if isinstance(ckpt, str) and ckpt:
+        errors = check_checkpoint(ckpt, needs_file="label" in cfg)
+        if errors:
+            return errors
     try:
-        run_dir = Path(str(cfg.run_dir))
+        str(cfg.run_dir)
     except (OmegaConfBaseException, FileNotFoundError) as err:  # resume=true with no run to resume
         reason = str(err).split("resolving interpolation: ", 1)[-1].split(";", 1)[0]
         return [bad("resume", cfg.get("resume"), f"true only when there is a run to continue ({_one_line(reason)})")]
-    errors += [e for e in [writable_location("run_dir", run_dir, "folder")] if e]
+    return []
+
+
+def check_paths(cfg: DictConfig) -> list[str]:
+    """The run folder and label.out can be written."""
+    errors = [e for e in [writable_location("run_dir", Path(str(cfg.run_dir)), "folder")] if e]
     out = _select(cfg, "label.out")
     if isinstance(out, str) and out:
         errors += [e for e in [writable_location("label.out", Path(out), "file")] if e]
     return errors
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 # -- the pass -----------------------------------------------------------------------------------------
@@ -215,19 +317,16 @@ def check_config(cfg: DictConfig) -> None:
         if missing:
             raise ConfigError("\n".join(f"{k}=???; accepted: a value (this config has no default for it)"
                                         for k in missing))
-        weights = _select(cfg, "reward.weights")
-        errors = check_table(cfg) + check_weights({} if weights is _ABSENT or weights is None else weights)
-        errors += check_batch_split(cfg)
+        errors = check_run_dir(cfg)  # resolved first: other keys repeat it (trainer.default_root_dir, logger)
         if not errors:
-            errors = check_task_config(cfg.data.task, effective_task_config(cfg))
-        if not errors:
-            errors = check_objects(cfg)
+            errors = _check_keys(cfg, "", RUN) + check_libraries(cfg) + check_batch_split(cfg)
+            errors += check_objects(cfg)
         if not errors:
             errors = check_paths(cfg)
     except OmegaConfBaseException as err:  # a broken interpolation, a missing mandatory value
         errors = [_one_line(str(err))]
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(dict.fromkeys(errors)))
 
 
 def compose(config_dir: str, config_name: str, overrides: list[str]) -> DictConfig:
@@ -267,3 +366,4 @@ def check_command_line(config_dir: str, config_name: str, args: list[str]) -> st
     except (HydraException, OmegaConfBaseException) as err:  # an unknown key, a missing config group option
         return _one_line(str(err))
     return None
+

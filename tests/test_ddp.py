@@ -122,7 +122,7 @@ class DumpStep(L.Callback):
         torch.save(weights, Path(trainer.default_root_dir) / f"rank{trainer.global_rank}.pt")
 
 
-RUN = [*PARITY_REWARD, "optim.lr=1e-3", "optim.grad_clip=0", "rollout.sampling.temperature=1.0", "trainer.max_steps=2",
+RUN = [*PARITY_REWARD, "optim.lr=1e-3", "module.grad_clip=0", "rollout.sampling.temperature=1.0", "trainer.max_steps=2",
        "data.batch_size=4", "data.val_size=3", "data.val_batch_size=1", "trainer.val_check_interval=2",
        "rollout.engine._target_=test_ddp.PerPromptEngine", "+callbacks.dump._target_=test_ddp.DumpStep"]
 TWO = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]

@@ -18,7 +18,7 @@ def _gather_worker(rank: int, world: int, port: int, model_dir: str, out: str) -
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from srtlab.models.load import LoraSettings, load_model
+    from srtlab.models.load import LoraSettings, ModelSettings, load_model
     from srtlab.models.parallel import shard_model
     from srtlab.rollout.sync import policy_weights
 
@@ -28,7 +28,7 @@ def _gather_worker(rank: int, world: int, port: int, model_dir: str, out: str) -
     results = {}
     for kind, lora in (("plain", None), ("lora", LoraSettings(r=2, alpha=4))):
         torch.manual_seed(0)
-        model = load_model(model_dir, "float32", lora)
+        model = load_model(ModelSettings(model_dir, lora=lora or LoraSettings()))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if "lora_B" in name:
@@ -57,14 +57,14 @@ def test_policy_weights_gather_fsdp_shards_tensor_by_tensor(tiny_model_dir, tmp_
 
     import torch.multiprocessing as mp
 
-    from srtlab.models.load import LoraSettings, load_model
+    from srtlab.models.load import LoraSettings, ModelSettings, load_model
 
     out = tmp_path / "gathered.pt"
     mp.spawn(_gather_worker, args=(2, _free_port(), str(tiny_model_dir), str(out)), nprocs=2)
     got = torch.load(out)
-    plain = load_model(str(tiny_model_dir)).state_dict()
+    plain = load_model(ModelSettings(str(tiny_model_dir))).state_dict()
     torch.manual_seed(0)
-    lora = load_model(str(tiny_model_dir), "float32", LoraSettings(r=2, alpha=4))
+    lora = load_model(ModelSettings(str(tiny_model_dir), lora=LoraSettings(r=2, alpha=4)))
     with torch.no_grad():
         for name, p in lora.named_parameters():
             if "lora_B" in name:
@@ -105,7 +105,7 @@ class RankParity:
 
 
 COMMON = ["eval_before=false", "eval_after=false", "trainer.val_check_interval=100", "optim.lr=1e-3",
-          "rollout.sampling.temperature=1.0", "trainer.max_steps=2", "data.batch_size=2", "micro_batch_prompts=1",
+          "rollout.sampling.temperature=1.0", "trainer.max_steps=2", "data.batch_size=2", "module.micro_batch_prompts=1",
           "+callbacks.dump._target_=test_fsdp.DumpWeights"]
 
 
@@ -177,13 +177,14 @@ def test_strategy_configs_compose(trainer, tiny_cfg):
 
 def test_mlp_activation_checkpointing_keeps_gradients(tiny_model_dir):
     """Checkpointed MLPs are recomputed in backward: same loss and gradients, names unchanged."""
-    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.algorithms.settings import AlgorithmSettings
+    from srtlab.models.load import ModelSettings
     from srtlab.modules.policy import PolicyModule
 
     grads = []
     for checkpointing in (False, True):
-        policy = PolicyModule(str(tiny_model_dir), AlgorithmSettings(), OptimSettings(),
-                              activation_checkpointing=checkpointing)
+        policy = PolicyModule(ModelSettings(str(tiny_model_dir), activation_checkpointing=checkpointing),
+                              AlgorithmSettings())
         policy.configure_model()
         logp, mask, _ = policy.token_logprobs(policy.model, [[5, 6, 7], [8, 9]], [[10, 11], [12], [13, 14], [15]], 2)
         (logp * mask).sum().backward()

@@ -15,10 +15,11 @@ CUDA = "cuda"
 def policy(tiny_model_dir):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.algorithms.settings import AlgorithmSettings
+    from srtlab.models.load import ModelSettings
     from srtlab.modules.policy import PolicyModule
 
-    module = PolicyModule(str(tiny_model_dir), AlgorithmSettings(), OptimSettings(), temperature=1.0)
+    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(), temperature=1.0)
     module.configure_model()
     module.model.to(CUDA)
     return module

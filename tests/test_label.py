@@ -4,9 +4,9 @@ training set, and train against the fixed labels."""
 import json
 
 import pytest
-from hydra.utils import instantiate
 
 from conftest import ctx_for, make_batch
+from srtlab.builder import Builder
 from srtlab.label import label
 from srtlab.plot import read_metrics
 from srtlab.rewards.teacher import Teacher
@@ -20,6 +20,7 @@ class ScriptedEngine:
     j % 3 == 2: no sample has an answer (no label)."""
 
     calls: list[list[str]] = []  # prompt ids of every generate call
+    shares_policy = True  # samples "with the policy itself": no weights to sync
 
     def __init__(self, model=None, tokenizer=None, **settings) -> None:
         pass
@@ -48,7 +49,7 @@ def scripted_labels(tiny_cfg, tmp_path):
 def test_label_summary_file_and_teacher_round_trip(scripted_labels, tmp_path):
     cfg, summary, out = scripted_labels
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = Builder(cfg)("data")
     datamodule.setup()
     train = datamodule.train.prompts
     assert [r["id"] for r in rows] == [p.id for p in train] and len(rows) == 40
@@ -67,7 +68,8 @@ def test_label_summary_file_and_teacher_round_trip(scripted_labels, tmp_path):
     assert Teacher(str(out))(batch, ctx_for(batch)).rewards.tolist()[:2] == [1.0, 0.0]
     assert all(x != x for x in Teacher(str(out))(batch, ctx_for(batch)).rewards.tolist()[2:])  # NaN: prompt 1 not kept
     # and the datamodule trains only on the kept prompts
-    kept = instantiate(cfg.data, train_ids_from=str(out), _convert_="all")
+    cfg.data.train_ids_from = str(out)
+    kept = Builder(cfg)("data")
     kept.setup()
     assert [p.id for p in kept.train.prompts] == [p.id for p in train[::3]]
 
@@ -87,7 +89,7 @@ def test_fit_against_teacher_labels_trains_only_labelled_prompts(scripted_labels
 def test_labels_from_other_data_settings_are_refused(tiny_cfg, tmp_path):
     out = tmp_path / "labels.jsonl"
     out.write_text(json.dumps({"id": "letter_counting/train/0", "question": "another question", "label": "2"}) + "\n")
-    datamodule = instantiate(tiny_cfg().data, train_ids_from=str(out), _convert_="all")
+    datamodule = Builder(tiny_cfg(f"data.train_ids_from={out}"))("data")
     with pytest.raises(ValueError, match="other data settings"):
         datamodule.setup()
 

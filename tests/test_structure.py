@@ -24,7 +24,7 @@ LAYERS = [
     {"algorithms"},
     {"curriculum", "eval", "guard"},
     {"modules"},
-    {"train", "validate", "label", "export", "report", "plot", "perf", "__main__", "config_rules"},
+    {"train", "validate", "label", "export", "report", "plot", "perf", "__main__", "builder"},
 ]
 
 

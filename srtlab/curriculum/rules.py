@@ -19,32 +19,28 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from srtlab.settings import Annotated, checked, choice, fail, integer, problem, real
+
 METRICS = ("majority_share", "gt_accuracy", "answer_rate")
 
 
+@checked
 @dataclass
 class AdvanceRule:
     """Which rule moves a task up, and its settings (see the module docstring)."""
 
-    kind: str = "steps"  # steps | threshold | plateau
-    steps: int = 10  # steps: steps per level
-    metric: str = "majority_share"  # threshold / plateau: one of METRICS
-    threshold: float = 0.8
-    window: int = 3
-    min_delta: float = 0.01
-    min_steps: int = 1
-    max_steps: int | None = None
+    kind: Annotated[str, choice(("steps", "threshold", "plateau"))] = "steps"
+    steps: Annotated[int, integer(1)] = 10  # steps: steps per level
+    metric: Annotated[str, choice(METRICS)] = "majority_share"  # threshold / plateau
+    threshold: Annotated[float, real(0, 1)] = 0.8  # the metrics are shares in [0, 1]
+    window: Annotated[int, integer(1)] = 3
+    min_delta: Annotated[float, real()] = 0.01
+    min_steps: Annotated[int, integer(0)] = 1
+    max_steps: Annotated[int | None, integer(1, null=True)] = None
 
-    def validate(self) -> None:
-        if self.kind not in RULES:
-            raise ValueError(f"curriculum advance.kind={self.kind!r}; accepted: {', '.join(RULES)}")
-        if self.metric not in METRICS:
-            raise ValueError(f"curriculum advance.metric={self.metric!r}; accepted: {', '.join(METRICS)}")
-        if self.steps < 1 or self.window < 1 or self.min_steps < 0:
-            raise ValueError(f"curriculum advance: steps={self.steps}, window={self.window} must be >= 1 and "
-                             f"min_steps={self.min_steps} >= 0")
-        if self.max_steps is not None and self.max_steps < max(1, self.min_steps):
-            raise ValueError(f"curriculum advance.max_steps={self.max_steps}; must be >= min_steps and >= 1")
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and self.max_steps < self.min_steps:
+            fail(type(self), [problem("max_steps", self.max_steps, f"at least min_steps ({self.min_steps}) or null")])
 
     def __call__(self, history: Sequence[float]) -> bool:
         """Whether to move up after ``len(history)`` steps at the current level."""

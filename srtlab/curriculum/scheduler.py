@@ -35,9 +35,11 @@ from srtlab.eval.heldout import evaluate_prompts
 from srtlab.logs import write_samples
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.seeds import seed_for
+from srtlab.settings import Annotated, boolean, checked, fail, integer, listing, mapping, problem, real, within
 from srtlab.types import PromptBatch
 
 
+@checked
 @dataclass
 class CurriculumTask:
     """One task's levels (each a LevelSpec, an int global level, or a mapping), easiest first.
@@ -47,12 +49,13 @@ class CurriculumTask:
     trains on the hardest level only, the no-curriculum control, still evaluated on every level).
     """
 
-    levels: list[Any]
-    defaults: dict[str, Any] = field(default_factory=dict)
+    levels: Annotated[list[Any], listing(what="a non-empty list of levels (an int or a mapping each)")]
+    defaults: Annotated[dict[str, Any], mapping()] = field(default_factory=dict)
     prompt: PromptFormat | None = None
-    start: int = 0
+    start: Annotated[int, integer(0)] = 0
 
 
+@checked
 class CurriculumScheduler(L.Callback):
     """Climbs each task through its levels (see the module docstring).
 
@@ -65,18 +68,19 @@ class CurriculumScheduler(L.Callback):
         eval_batch_size: prompts per generate call in evaluations.
     """
 
-    def __init__(self, tasks: dict[str, Any], advance: AdvanceRule | dict | None = None, earlier_share: float = 0.0,
-                 gt_warmup_steps: int = 0, eval_size: int = 32, eval_batch_size: int = 8,
-                 evaluate: bool = True) -> None:
-        if not tasks:
-            raise ValueError("curriculum tasks is empty; name at least one task with its levels")
-        self.tasks = {name: t if isinstance(t, CurriculumTask) else CurriculumTask(**t) for name, t in tasks.items()}
-        self.advance = advance if isinstance(advance, AdvanceRule) else AdvanceRule(**(advance or {}))
-        self.advance.validate()
-        if not 0.0 <= earlier_share < 1.0:
-            raise ValueError(f"curriculum earlier_share={earlier_share}; must be in [0, 1)")
-        if gt_warmup_steps < 0 or eval_size < 1:
-            raise ValueError(f"curriculum gt_warmup_steps={gt_warmup_steps} must be >= 0, eval_size={eval_size} >= 1")
+    def __init__(self, tasks: Annotated[dict[str, Any], mapping(what="a mapping of task name -> its levels")],
+                 advance: AdvanceRule | dict | None = None,
+                 earlier_share: Annotated[float, real(0, 1, open_high=True)] = 0.0,
+                 gt_warmup_steps: Annotated[int, integer(0)] = 0, eval_size: Annotated[int, integer(1)] = 32,
+                 eval_batch_size: Annotated[int, integer(1)] = 8,
+                 evaluate: Annotated[bool, boolean()] = True) -> None:
+        fail(type(self), [] if tasks else [problem("tasks", tasks, "at least one task with its levels")])
+        self.tasks = {}
+        for name, spec in tasks.items():
+            with within(f"tasks.{name}"):
+                self.tasks[name] = spec if isinstance(spec, CurriculumTask) else CurriculumTask(**spec)
+        with within("advance"):
+            self.advance = advance if isinstance(advance, AdvanceRule) else AdvanceRule(**(advance or {}))
         self.earlier_share, self.gt_warmup_steps = earlier_share, gt_warmup_steps
         self.eval_size, self.eval_batch_size, self.evaluate = eval_size, eval_batch_size, evaluate
         # the config of every level, resolved now so a bad level fails before any model loads
@@ -84,11 +88,10 @@ class CurriculumScheduler(L.Callback):
         self.configs = {name: [level_config(name, s, t.defaults) for s in self.specs[name]]
                         for name, t in self.tasks.items()}
         for name, configs in self.configs.items():
-            if not configs:
-                raise ValueError(f"curriculum task {name!r} has no levels")
-            if not 0 <= self.tasks[name].start < len(configs):
-                raise ValueError(f"curriculum task {name!r} start={self.tasks[name].start}; its levels are "
-                                 f"0..{len(configs) - 1}")
+            fail(type(self), [problem(f"tasks.{name}.levels", [], "at least one level")] if not configs else [])
+            start = self.tasks[name].start
+            fail(type(self), [problem(f"tasks.{name}.start", start, f"a level of the task, 0..{len(configs) - 1}")]
+                 if start >= len(configs) else [])
         self.gold = GoldScorer()
         # -- the state saved in checkpoints --
         self.level = {name: t.start for name, t in self.tasks.items()}

@@ -29,12 +29,13 @@ from srtlab.data.prompts import PromptFormat
 from srtlab.data.sources import (
     DatasetSource,
     ReasoningGymSource,
-    check_task,
     keep_labelled,
     read_labels,
     reads_builtins_only,
+    task_problems,
 )
 from srtlab.seeds import data_seed, heldout_seed
+from srtlab.settings import Annotated, checked, fail, integer, mapping, text, within
 from srtlab.types import Prompt, PromptBatch
 
 
@@ -120,6 +121,7 @@ def _identity(x: Any) -> Any:
     return x
 
 
+@checked
 class PromptDataModule(L.LightningDataModule):
     """Training prompts from one Reasoning Gym task or one file / data set, a held-out set of it, and
     optional extra sets.
@@ -141,24 +143,28 @@ class PromptDataModule(L.LightningDataModule):
             prompts (``reward=teacher``); the file's questions must be this training set's.
     """
 
-    def __init__(self, task: str | None, prompt: PromptFormat, task_config: dict | None = None, batch_size: int = 8,
-                 train_size: int = 2000, val_size: int = 64, val_batch_size: int = 16, seed: int = 0,
-                 extra_val: dict[str, Callable[[], Sequence[Prompt]]] | None = None,
-                 presets: dict[str, dict] | None = None, train_ids_from: str | None = None,
+    def __init__(self, task: Annotated[str | None, text(null=True)], prompt: PromptFormat,
+                 task_config: Annotated[dict | None, mapping(null=True)] = None,
+                 batch_size: Annotated[int, integer(1)] = 8,
+                 train_size: Annotated[int | None, integer(1, null=True)] = 2000,
+                 val_size: Annotated[int, integer(1)] = 64, val_batch_size: Annotated[int, integer(1)] = 16,
+                 seed: Annotated[int, integer(0)] = 0,
+                 extra_val: Annotated[dict[str, Callable[[], Sequence[Prompt]]] | None, mapping(null=True)] = None,
+                 presets: Annotated[dict[str, dict] | None, mapping(null=True)] = None,
+                 train_ids_from: Annotated[str | None, text(null=True)] = None,
                  source: Callable[..., DatasetSource] | None = None) -> None:
         super().__init__()
         if task_config is None:
             task_config = (presets or {}).get(task, {}) if source is None else {}
         self.source = source
         if source is None:
-            check_task(task, dict(task_config))  # fail now, before any model loads
+            fail(type(self), task_problems(task, dict(task_config)))  # fail now, before any model loads
         elif not reads_builtins_only(source):  # read a prompt of each split now: a bad path, field or filter
-            for split in ("val", "train"):      # fails before any model loads
-                task = source(config=dict(task_config), size=1, split=split, name=task).name
+            with within("source"):              # fails before any model loads
+                for split in ("val", "train"):
+                    task = source(config=dict(task_config), size=1, split=split, name=task).name
         else:  # built-in sets are known to read; they are fetched at setup, so composing a config stays offline
             task = task or source.keywords["path"]
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size={batch_size}; must be >= 1 (the global batch: all ranks together)")
         self.task, self.task_config, self.prompt = task, dict(task_config or {}), prompt
         self.batch_size, self.train_size, self.val_size = batch_size, train_size, val_size
         self.val_batch_size, self.seed = val_batch_size, seed

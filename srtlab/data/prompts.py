@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from srtlab.answers.extract import ANSWER_STYLES
+from srtlab.settings import Annotated, Rule, checked, choice, listing, text
 
 
 @dataclass
@@ -18,6 +19,17 @@ class Shot:
     response: str
 
 
+SHOTS = "a list of {question: ..., response: ...}, both strings"
+
+
+def _is_shot(s: object) -> bool:
+    if isinstance(s, Shot):
+        return True
+    return hasattr(s, "keys") and set(s.keys()) == {"question", "response"} and all(
+        isinstance(s[k], str) for k in ("question", "response"))
+
+
+@checked
 @dataclass
 class PromptFormat:
     """Turns a question into chat messages.
@@ -29,15 +41,14 @@ class PromptFormat:
         answer_style: the extraction style matching the format (see ``srtlab.answers.extract``).
     """
 
-    instruction: str = ""
-    shots: list[Shot] = field(default_factory=list)
-    system: str | None = None
-    answer_style: str = "answer_line"
+    instruction: Annotated[str, text(empty=True)] = ""
+    shots: Annotated[list[Shot], Rule(lambda v: listing().ok(v) and all(_is_shot(s) for s in v), SHOTS)] = field(
+        default_factory=list)
+    system: Annotated[str | None, text(null=True)] = None
+    answer_style: Annotated[str, choice(ANSWER_STYLES)] = "answer_line"
 
     def __post_init__(self) -> None:
         self.shots = [s if isinstance(s, Shot) else Shot(**s) for s in self.shots]
-        if self.answer_style not in ANSWER_STYLES:
-            raise ValueError(f"data.prompt.answer_style={self.answer_style!r}; accepted: {', '.join(ANSWER_STYLES)}")
 
     def _user(self, question: str) -> str:
         return f"{question}\n{self.instruction}" if self.instruction else question

@@ -9,6 +9,7 @@ on, even for tasks with few distinct questions (single-digit products have 100).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,26 +19,45 @@ import torch
 
 from srtlab.data.files import BUILTINS, FieldMap, read_rows
 from srtlab.data.prompts import PromptFormat
+from srtlab.settings import Annotated, Problem, SettingError, boolean, checked, choice, integer, mapping, problem, text
 from srtlab.types import Prompt
 
 ANSWER_KINDS = ("math", "text")  # how answers are compared: math-verify, or the normalised string
 
 
-def check_task(task: str, config: dict[str, Any]) -> None:
-    """Fail fast on an unknown task or a config key the task does not have."""
+def task_problems(task: Any, config: dict[str, Any]) -> list[Problem]:
+    """What is wrong with a Reasoning Gym task name and its config (``task``, ``task_config.<key>``), by the
+    task's own rules (reasoning-gym's ``validate()``, a bare AssertionError there); [] when nothing is."""
     from reasoning_gym.factory import DATASETS
 
-    if task not in DATASETS:
-        near = [t for t in DATASETS if task[:4] in t][:8]
+    if not isinstance(task, str) or task not in DATASETS:
+        near = [t for t in DATASETS if isinstance(task, str) and task[:4] in t][:8]
         hint = f" (close: {', '.join(near)})" if near else ""
-        raise ValueError(f"data.task={task!r} is not a Reasoning Gym task{hint}; "
-                         f"accepted: any of the {len(DATASETS)} names in reasoning_gym.factory.DATASETS")
+        return [problem("task", task, f"a Reasoning Gym task{hint}, any of the {len(DATASETS)} names in "
+                                      "reasoning_gym.factory.DATASETS")]
     config_cls = DATASETS[task][1]
     fields = set(config_cls.__dataclass_fields__) - {"seed", "size"}
-    unknown = set(config) - fields
+    unknown = sorted(set(config) - fields)
     if unknown:
-        raise ValueError(f"data.task_config has keys {sorted(unknown)} that task {task!r} does not take; "
-                         f"accepted: {sorted(fields)}")
+        return [problem(f"task_config.{k}", config[k], f"a key task {task!r} takes: {sorted(fields)}")
+                for k in unknown]
+    try:
+        config_cls(**config).validate()
+    except (AssertionError, TypeError, ValueError) as err:
+        named = [f for f in config if re.search(rf"\b{re.escape(f)}\b", str(err))] or sorted(config)
+        reason = str(err) or type(err).__name__
+        accepted = f"what reasoning-gym {config_cls.__name__} allows ({reason})"
+        if len(named) == 1:
+            return [problem(f"task_config.{named[0]}", config[named[0]], accepted)]
+        return [problem("task_config", {f: config[f] for f in named}, accepted)]  # the values that clash, one line
+    return []
+
+
+def check_task(task: str, config: dict[str, Any]) -> None:
+    """Fail fast on an unknown task, a config key the task does not have, or a value it refuses."""
+    found = task_problems(task, config)
+    if found:
+        raise SettingError(found)
 
 
 @dataclass
@@ -92,6 +112,7 @@ class ReasoningGymSource:
         return self.prompts[i]
 
 
+@checked
 @dataclass
 class DatasetSource:
     """Prompts from a file or data set (``srtlab.data.files.read_rows``): jsonl, parquet, a saved
@@ -104,24 +125,22 @@ class DatasetSource:
     (MATH-500 for MATH-12k, GSM8K's test split for its train split), else ``path``.
     """
 
-    path: str
-    config: dict[str, Any] = field(default_factory=dict)  # keep rows whose fields equal these values
-    size: int | None = None  # the first ``size`` rows left after filtering, or all
-    seed: int | None = None
-    split: str = "test"
+    path: Annotated[str, text()]
+    config: Annotated[dict[str, Any], mapping()] = field(default_factory=dict)  # keep rows whose fields equal these
+    size: Annotated[int | None, integer(1, null=True)] = None  # the first ``size`` rows left after filtering, or all
+    seed: Annotated[int | None, integer(0, null=True)] = None
+    split: Annotated[str, text()] = "test"
     prompt: PromptFormat = field(default_factory=PromptFormat)
     exclude_questions: frozenset[str] = frozenset()  # questions to leave out (the held-out set's)
-    distinct: bool = False  # keep each question once (held-out sets)
-    level: int | None = None  # curriculum level of these prompts (ids "<name>@<level>/...")
-    name: str | None = None  # the prompts' task name (default: the file's stem, or the built-in name)
-    val_path: str | None = None
-    answer_kind: str = "math"
-    question_field: str | None = None  # None: question / problem / prompt
-    answer_field: str | None = None  # None: answer, else the last \boxed{} of solution, else no gold
+    distinct: Annotated[bool, boolean()] = False  # keep each question once (held-out sets)
+    level: Annotated[int | None, integer(0, null=True)] = None  # curriculum level (ids "<name>@<level>/...")
+    name: Annotated[str | None, text(null=True)] = None  # the prompts' task name (default: the file's stem)
+    val_path: Annotated[str | None, text(null=True)] = None
+    answer_kind: Annotated[str, choice(ANSWER_KINDS)] = "math"
+    question_field: Annotated[str | None, text(null=True)] = None  # None: question / problem / prompt
+    answer_field: Annotated[str | None, text(null=True)] = None  # None: answer, the last \\boxed{} of solution, none
 
     def __post_init__(self) -> None:
-        if self.answer_kind not in ANSWER_KINDS:
-            raise ValueError(f"data.source.answer_kind={self.answer_kind!r}; accepted: {', '.join(ANSWER_KINDS)}")
         path, part = self._rows_to_read()
         self.name = self.name or Path(self.path).stem
         rows = read_rows(path, part)

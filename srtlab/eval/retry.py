@@ -16,6 +16,7 @@ from srtlab.logs import at_step, write_samples
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.rollout.reflect import Case, ReflectRetry, mean_or_nan
 from srtlab.seeds import seed_for
+from srtlab.settings import Annotated, checked, integer
 from srtlab.types import Prompt
 
 
@@ -65,6 +66,7 @@ def evaluate_retry(program: ReflectRetry, engine: RolloutEngine, prompts: list[P
     return metrics, rows
 
 
+@checked
 class RetryEvaluation(L.Callback):
     """Adds held-out accuracy with and without a retry to every evaluation (``callbacks.retry_eval``).
 
@@ -81,10 +83,8 @@ class RetryEvaluation(L.Callback):
         seed: the run seed.
     """
 
-    def __init__(self, program: ReflectRetry, sampling: SamplingSettings, k: int = 4, seed: int = 0) -> None:
-        if k < 1:
-            raise ValueError(f"callbacks.retry_eval.k={k}; must be >= 1")
-        sampling.validate()
+    def __init__(self, program: ReflectRetry, sampling: SamplingSettings, k: Annotated[int, integer(1)] = 4,
+                 seed: Annotated[int, integer(0)] = 0) -> None:
         self.program, self.sampling, self.k, self.seed = program, sampling, k, seed
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

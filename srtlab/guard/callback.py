@@ -37,15 +37,23 @@ from lightning.pytorch.trainer.states import TrainerFn
 
 from srtlab.guard.probe import LabelledProbe
 from srtlab.guard.remedy import Remedy, best_score, scale_learning_rate
-from srtlab.guard.rules import Finding, ProbeDrop, Rule
+from srtlab.guard.rules import Finding, GuardRule, ProbeDrop
 from srtlab.guard.signals import History
+from srtlab.models.load import load_policy_weights
+from srtlab.settings import Annotated, Rule, checked, choice, integer, within
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("warn", "stop", "rollback")
 BEST_BY = ("top_answer_share", "heldout_mean")
+RULES = Rule(lambda v: hasattr(v, "items") and len(v) > 0 and all(
+    hasattr(r, "check") and getattr(r, "when", None) in ("step", "eval") for r in v.values()),
+    "a non-empty mapping of name -> a rule from srtlab.guard.rules (see configs/guard/warn.yaml)")
+PROBE = Rule(lambda v: v is None or isinstance(v, LabelledProbe) or hasattr(v, "items"),
+             "null or {size, every, k, max_drop}")
 
 
+@checked
 class CollapseGuard(L.Callback):
     """Watches the run for collapse and acts (see the module docstring).
 
@@ -61,15 +69,17 @@ class CollapseGuard(L.Callback):
             ``heldout_mean`` (the highest held-out mean@k: uses the held-out gold answers).
     """
 
-    def __init__(self, action: str, rules: Mapping[str, Rule], baseline_steps: int = 3, cooldown: int = 5,
-                 remedy: Remedy | None = None, max_rollbacks: int = 2, best_by: str = "top_answer_share",
-                 probe: LabelledProbe | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, action: Annotated[str, choice(ACTIONS)], rules: Annotated[Mapping[str, GuardRule], RULES],
+                 baseline_steps: Annotated[int, integer(1)] = 3, cooldown: Annotated[int, integer(0)] = 5,
+                 remedy: Remedy | None = None, max_rollbacks: Annotated[int, integer(0)] = 2,
+                 best_by: Annotated[str, choice(BEST_BY)] = "top_answer_share",
+                 probe: Annotated[LabelledProbe | Mapping[str, Any] | None, PROBE] = None) -> None:
         self.action, self.rules, self.baseline_steps, self.cooldown = action, dict(rules), baseline_steps, cooldown
         self.remedy, self.max_rollbacks, self.best_by = remedy or Remedy(), max_rollbacks, best_by
-        self.probe = LabelledProbe(**probe) if isinstance(probe, Mapping) else probe
+        with within("probe"):
+            self.probe = LabelledProbe(**probe) if isinstance(probe, Mapping) else probe
         if self.probe is not None:  # the one rule that reads labels, named so: "probe"
             self.rules.setdefault("probe", ProbeDrop(max_drop=self.probe.max_drop))
-        self.validate()
         self.history = History()
         self.quiet_until = -1  # no action before this step
         self.events = 0
@@ -78,34 +88,6 @@ class CollapseGuard(L.Callback):
         self.gold_until = -1  # the gold mix is in force until this step
         self.saved_weights: dict[str, float] | None = None  # reward weights to restore after the gold mix
         self.kl_coef: float | None = None  # the KL coefficient a rollback set (re-applied on resume)
-
-    def validate(self) -> None:
-        if self.action not in ACTIONS:
-            raise ValueError(f"callbacks.guard.action={self.action!r}; accepted: {', '.join(ACTIONS)} (or guard=off)")
-        if self.best_by not in BEST_BY:
-            raise ValueError(f"callbacks.guard.best_by={self.best_by!r}; accepted: {', '.join(BEST_BY)}")
-        for name, value, least in (("baseline_steps", self.baseline_steps, 1), ("cooldown", self.cooldown, 0),
-                                   ("max_rollbacks", self.max_rollbacks, 0)):
-            if not isinstance(value, int) or value < least:
-                raise ValueError(f"callbacks.guard.{name}={value!r}; accepted: an integer >= {least}")
-        if not self.rules:
-            raise ValueError("callbacks.guard.rules is empty; name at least one rule (see configs/guard/warn.yaml)")
-        if self.probe is not None:
-            if not isinstance(self.probe, LabelledProbe):
-                raise ValueError(f"callbacks.guard.probe={self.probe!r}; accepted: null or "
-                                 "{size, every, k, max_drop}")
-            try:
-                self.probe.validate()
-            except ValueError as err:
-                raise ValueError(f"callbacks.guard.{err}") from None
-        for name, rule in self.rules.items():
-            if not hasattr(rule, "check") or getattr(rule, "when", None) not in ("step", "eval"):
-                raise ValueError(f"callbacks.guard.rules.{name}={rule!r}; accepted: a rule from srtlab.guard.rules")
-            try:
-                rule.validate()
-            except ValueError as err:  # the rule names its field; the key names the rule
-                raise ValueError(f"callbacks.guard.rules.{name}.{err}") from None
-        self.remedy.validate()
 
     # -- set-up and resume ------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -220,9 +202,7 @@ class CollapseGuard(L.Callback):
     def _rollback(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Best weights back, optimizer moments reset, the remedy applied, the engines re-synced."""
         assert self.best is not None  # saved at train start
-        state = torch.load(self.best["path"], map_location="cpu", weights_only=True)["state_dict"]
-        pl_module.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
-                                         if k.startswith("model.")})
+        load_policy_weights(pl_module.model, self.best["path"])
         for opt in trainer.optimizers:
             opt.state.clear()  # Adam's moments point along the path that collapsed
         remedy = self._apply_remedy(trainer, pl_module)

@@ -23,23 +23,17 @@ import lightning as L
 from srtlab.answers.metrics import named_metrics
 from srtlab.eval.heldout import evaluate_prompts
 from srtlab.seeds import seed_for
+from srtlab.settings import Annotated, checked, integer, real
 from srtlab.types import Prompt
 
 
+@checked
 @dataclass
 class LabelledProbe:
-    size: int = 32
-    every: int = 4
-    k: int = 4
-    max_drop: float = 0.1  # the probe rule fires when mean@k is this far below its best so far
-
-    def validate(self) -> None:
-        for name in ("size", "every", "k"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"probe.{name}={value!r}; accepted: an integer >= 1")
-        if not 0 < self.max_drop <= 1:
-            raise ValueError(f"probe.max_drop={self.max_drop!r}; accepted: a number in (0, 1]")
+    size: Annotated[int, integer(1)] = 32
+    every: Annotated[int, integer(1)] = 4
+    k: Annotated[int, integer(1)] = 4
+    max_drop: Annotated[float, real(0, 1, open_low=True)] = 0.1  # the rule fires this far below the best so far
 
     def due(self, step: int) -> bool:
         return step % self.every == 0

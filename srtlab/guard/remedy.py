@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import lightning as L
 
+from srtlab.settings import Annotated, boolean, checked, fail, integer, mapping, problem, real
 
+
+@checked
 @dataclass
 class Remedy:
     """What a rollback changes before training continues (each None / 0 / False: leave it).
@@ -18,22 +21,15 @@ class Remedy:
     curriculum_back: move the curriculum one level back (``step_back()`` on the callback that has it).
     """
 
-    lr_factor: float | None = 0.5
-    kl_coef: float | None = None
-    gold_mix: dict[str, float] | None = None
-    gold_mix_steps: int = 0
-    curriculum_back: bool = False
+    lr_factor: Annotated[float | None, real(0, 1, open_low=True, null=True)] = 0.5
+    kl_coef: Annotated[float | None, real(0, 10, null=True)] = None
+    gold_mix: Annotated[dict[str, float] | None, mapping(null=True)] = None
+    gold_mix_steps: Annotated[int, integer(0)] = 0
+    curriculum_back: Annotated[bool, boolean()] = False
 
-    def validate(self) -> None:
-        if self.lr_factor is not None and not 0 < self.lr_factor <= 1:
-            raise ValueError(f"callbacks.guard.remedy.lr_factor={self.lr_factor}; accepted: a number in (0, 1] or null")
-        if self.kl_coef is not None and self.kl_coef < 0:
-            raise ValueError(f"callbacks.guard.remedy.kl_coef={self.kl_coef}; accepted: a number >= 0 or null")
+    def __post_init__(self) -> None:
         if self.gold_mix is not None and self.gold_mix_steps < 1:
-            raise ValueError(f"callbacks.guard.remedy.gold_mix_steps={self.gold_mix_steps}; accepted: an integer >= 1 "
-                             "when callbacks.guard.remedy.gold_mix is set")
-
-
+            fail(type(self), [problem("gold_mix_steps", self.gold_mix_steps, "an integer >= 1 when gold_mix is set")])
 
 
 def best_score(metrics: dict[str, float], best_by: str) -> float | None:

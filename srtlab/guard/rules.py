@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from srtlab.guard.signals import History, relative_change, self_reward_name, slope, window
+from srtlab.settings import Annotated, Rule, boolean, checked, integer, real
+
+HELDOUT = Rule(lambda v: isinstance(v, str) and v.startswith("val/"), "a val/ metric name or glob (val/*/mean@*)")
 
 
 @dataclass
@@ -22,16 +25,7 @@ class Finding:
     values: dict[str, float] = field(default_factory=dict)
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={value}; accepted: a number in [0, 1]")
-
-
-def _check_window(name: str, value: int, least: int = 1) -> None:
-    if not isinstance(value, int) or value < least:
-        raise ValueError(f"{name}={value!r}; accepted: an integer >= {least}")
-
-
+@checked
 @dataclass
 class MajorityCollapse:
     """``train/majority_share`` >= ``threshold`` on each of the last ``window`` steps, with entropy falling.
@@ -42,14 +36,11 @@ class MajorityCollapse:
     ``require_falling_entropy`` is false.
     """
 
-    threshold: float = 0.95
-    window: int = 5
-    require_falling_entropy: bool = True
+    threshold: Annotated[float, real(0, 1)] = 0.95
+    window: Annotated[int, integer(2)] = 5
+    require_falling_entropy: Annotated[bool, boolean()] = True
     when = "step"
 
-    def validate(self) -> None:
-        _check_fraction("threshold", self.threshold)
-        _check_window("window", self.window, 2)
 
     def check(self, h: History) -> Finding | None:
         shares = window(h.values("train/majority_share"), self.window)
@@ -66,6 +57,7 @@ class MajorityCollapse:
         return Finding(min(shares) >= self.threshold and falling, values)
 
 
+@checked
 @dataclass
 class AnswerConcentration:
     """``train/answer_concentration`` >= ``threshold`` on each of the last ``window`` steps.
@@ -76,13 +68,10 @@ class AnswerConcentration:
     answer of the task.
     """
 
-    threshold: float = 0.5
-    window: int = 3
+    threshold: Annotated[float, real(0, 1)] = 0.5
+    window: Annotated[int, integer(1)] = 3
     when = "step"
 
-    def validate(self) -> None:
-        _check_fraction("threshold", self.threshold)
-        _check_window("window", self.window)
 
     def check(self, h: History) -> Finding | None:
         values = window(h.values("train/answer_concentration"), self.window)
@@ -91,6 +80,7 @@ class AnswerConcentration:
         return Finding(min(values) >= self.threshold, {"min_concentration": min(values)})
 
 
+@checked
 @dataclass
 class EntropyCollapse:
     """Mean ``train/entropy`` of the last ``window`` steps below ``ratio`` x its early baseline, and falling.
@@ -100,13 +90,10 @@ class EntropyCollapse:
     and the self-reward only confirms the current answer.
     """
 
-    ratio: float = 0.3
-    window: int = 5
+    ratio: Annotated[float, real(0, 1)] = 0.3
+    window: Annotated[int, integer(2)] = 5
     when = "step"
 
-    def validate(self) -> None:
-        _check_fraction("ratio", self.ratio)
-        _check_window("window", self.window, 2)
 
     def check(self, h: History) -> Finding | None:
         recent = window(h.values("train/entropy"), self.window)
@@ -117,6 +104,7 @@ class EntropyCollapse:
         return Finding(ratio < self.ratio and trend < 0, {"entropy_ratio": ratio, "entropy_slope": trend})
 
 
+@checked
 @dataclass
 class LengthDrift:
     """Mean ``train/response_length`` of the last ``window`` steps moved more than ``max_change`` (relative)
@@ -126,14 +114,10 @@ class LengthDrift:
     or games the format (length runs to the limit); a healthy run changes length slowly.
     """
 
-    max_change: float = 0.5
-    window: int = 5
+    max_change: Annotated[float, real(0, open_low=True)] = 0.5
+    window: Annotated[int, integer(1)] = 5
     when = "step"
 
-    def validate(self) -> None:
-        if self.max_change <= 0:
-            raise ValueError(f"max_change={self.max_change}; accepted: a number > 0")
-        _check_window("window", self.window)
 
     def check(self, h: History) -> Finding | None:
         recent = window(h.values("train/response_length"), self.window)
@@ -144,6 +128,7 @@ class LengthDrift:
         return Finding(abs(change) > self.max_change, {"length_change": change})
 
 
+@checked
 @dataclass
 class AnswerRateDrop:
     """Mean ``train/answer_rate`` of the last ``window`` steps fell more than ``max_drop`` below its baseline.
@@ -153,13 +138,10 @@ class AnswerRateDrop:
     label then rests on a few samples.
     """
 
-    max_drop: float = 0.3
-    window: int = 5
+    max_drop: Annotated[float, real(0, 1)] = 0.3
+    window: Annotated[int, integer(1)] = 5
     when = "step"
 
-    def validate(self) -> None:
-        _check_fraction("max_drop", self.max_drop)
-        _check_window("window", self.window)
 
     def check(self, h: History) -> Finding | None:
         recent = window(h.values("train/answer_rate"), self.window)
@@ -170,6 +152,7 @@ class AnswerRateDrop:
         return Finding(drop > self.max_drop, {"answer_rate_drop": drop})
 
 
+@checked
 @dataclass
 class RewardDivergence:
     """The self-reward rises while held-out accuracy over the last ``evals`` evaluations is flat or falling.
@@ -182,18 +165,13 @@ class RewardDivergence:
     answers, but they are the run's own evaluation, never a training signal.
     """
 
-    window: int = 5
-    min_rise: float = 0.005
-    evals: int = 3
-    tolerance: float = 0.0
-    heldout: str = "val/*/mean@*"
+    window: Annotated[int, integer(2)] = 5
+    min_rise: Annotated[float, real()] = 0.005
+    evals: Annotated[int, integer(2)] = 3
+    tolerance: Annotated[float, real()] = 0.0
+    heldout: Annotated[str, HELDOUT] = "val/*/mean@*"
     when = "eval"
 
-    def validate(self) -> None:
-        _check_window("window", self.window, 2)
-        _check_window("evals", self.evals, 2)
-        if "*" not in self.heldout and not self.heldout.startswith("val/"):
-            raise ValueError(f"heldout={self.heldout!r}; accepted: a val/ metric or glob")
 
     def check(self, h: History) -> Finding | None:
         name = self_reward_name(h)
@@ -207,6 +185,7 @@ class RewardDivergence:
                        {"reward_slope": rise, "heldout_slope": heldout})
 
 
+@checked
 @dataclass
 class TopAnswerShare:
     """At the latest evaluation some held-out set's ``top_answer_share`` >= ``threshold``.
@@ -215,11 +194,9 @@ class TopAnswerShare:
     policy answers every question the same way, whatever the training reward says.
     """
 
-    threshold: float = 0.5
+    threshold: Annotated[float, real(0, 1)] = 0.5
     when = "eval"
 
-    def validate(self) -> None:
-        _check_fraction("threshold", self.threshold)
 
     def check(self, h: History) -> Finding | None:
         latest = [h.values(n)[-1] for n in h.names("val/*/top_answer_share")]
@@ -228,6 +205,7 @@ class TopAnswerShare:
         return Finding(max(latest) >= self.threshold, {"top_answer_share": max(latest)})
 
 
+@checked
 @dataclass
 class ProbeDrop:
     """USES LABELS (``callbacks.guard.probe``, :mod:`srtlab.guard.probe`): the labelled probe's mean@k is more
@@ -238,11 +216,9 @@ class ProbeDrop:
     signal saw in time. Added by the guard when a probe is configured, under the name ``probe``.
     """
 
-    max_drop: float = 0.1
+    max_drop: Annotated[float, real(0, 1)] = 0.1
     when = "step"
 
-    def validate(self) -> None:
-        _check_fraction("max_drop", self.max_drop)
 
     def check(self, h: History) -> Finding | None:
         names = h.names("guard/probe/mean@*")
@@ -254,5 +230,5 @@ class ProbeDrop:
         return Finding(max(values) - values[-1] > self.max_drop, {"probe_mean": values[-1], "probe_best": max(values)})
 
 
-Rule = MajorityCollapse | AnswerConcentration | EntropyCollapse | LengthDrift | AnswerRateDrop | RewardDivergence \
+GuardRule = MajorityCollapse | AnswerConcentration | EntropyCollapse | LengthDrift | AnswerRateDrop | RewardDivergence \
     | TopAnswerShare | ProbeDrop

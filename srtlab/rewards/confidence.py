@@ -33,6 +33,7 @@ import math
 import torch
 
 from srtlab.rewards.base import RewardContext
+from srtlab.settings import Annotated, checked, choice, real
 from srtlab.types import RewardOutput, RolloutBatch
 
 KINDS = ("self_certainty", "neg_entropy", "seq_logprob")
@@ -87,6 +88,7 @@ def normalize_in_groups(values: torch.Tensor, n: int, how: str) -> torch.Tensor:
     return out
 
 
+@checked
 class Confidence:
     """Reward = the policy's confidence in each completion (see the module docstring for the kinds).
 
@@ -98,13 +100,9 @@ class Confidence:
 
     name = "confidence"
 
-    def __init__(self, kind: str = "self_certainty", normalize: str = "rank", temperature: float = 1.0) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"confidence kind={kind!r}; accepted: {', '.join(KINDS)}")
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(f"confidence normalize={normalize!r}; accepted: {', '.join(NORMALIZATIONS)}")
-        if temperature <= 0:
-            raise ValueError(f"confidence temperature={temperature}; must be > 0")
+    def __init__(self, kind: Annotated[str, choice(KINDS)] = "self_certainty",
+                 normalize: Annotated[str, choice(NORMALIZATIONS)] = "rank",
+                 temperature: Annotated[float, real(0, 100, open_low=True)] = 1.0) -> None:
         self.kind, self.normalize, self.temperature = kind, normalize, temperature
 
     def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:

@@ -15,6 +15,7 @@ import torch
 from srtlab.answers.gold import has_gold
 from srtlab.rewards.base import RewardContext
 from srtlab.rewards.vote import MajorityVote
+from srtlab.settings import Annotated, checked, real, text
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 
 
@@ -23,6 +24,7 @@ def unit_hash(text: str) -> float:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
+@checked
 class Hybrid:
     """Gold reward (1.0 correct, 0.0 wrong or no answer) for labelled prompts, the vote for the others.
 
@@ -34,10 +36,9 @@ class Hybrid:
 
     name = "hybrid"
 
-    def __init__(self, labelled_fraction: float = 0.5, soft: bool = False, min_agreement: float = 0.0,
-                 salt: str = "labelled") -> None:
-        if not 0.0 <= labelled_fraction <= 1.0:
-            raise ValueError(f"hybrid labelled_fraction={labelled_fraction}; must be in [0, 1]")
+    def __init__(self, labelled_fraction: Annotated[float, real(0, 1)] = 0.5, soft: bool = False,
+                 min_agreement: float = 0.0, salt: Annotated[str, text()] = "labelled") -> None:
+        # soft and min_agreement are the vote's own settings: MajorityVote checks them
         self.labelled_fraction, self.salt = labelled_fraction, salt
         self.vote = MajorityVote(soft=soft, min_agreement=min_agreement)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -11,9 +12,11 @@ from srtlab.answers.metrics import answer_concentration
 from srtlab.answers.votes import GroupVote, vote_groups
 from srtlab.rewards.base import RewardContext, RewardSource, RunContext
 from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.settings import Annotated, checked, fail, is_real, mapping, real
 from srtlab.types import RewardOutput, RolloutBatch
 
 
+@checked
 class RewardMix:
     """Mixed reward = sum, over the sources with an opinion (non-NaN), of weight * reward.
 
@@ -24,18 +27,16 @@ class RewardMix:
     Metric names carry no stage prefix: the caller adds ``train/`` or ``val/``.
     """
 
-    def __init__(
-        self, sources: dict[str, RewardSource], weights: dict[str, float], abstain_value: float = 0.0
-    ) -> None:
-        if set(weights) != set(sources):
-            raise ValueError(f"reward weights {sorted(weights)} must name exactly the sources {sorted(sources)}")
+    def __init__(self, sources: dict[str, RewardSource], weights: Annotated[dict[str, float], mapping()],
+                 abstain_value: Annotated[float, real()] = 0.0) -> None:
+        fail(type(self), weight_problems(weights, sources))
         gold = [name for name, source in sources.items() if isinstance(source, GroundTruth)]
         if not gold and GroundTruth.name in sources:
             raise ValueError(f"source {GroundTruth.name!r} must be a GroundTruth, the mix's gold monitor")
         self.sources = dict(sources)
         self.gold_name = gold[0] if gold else GroundTruth.name
         self.gold = sources[gold[0]] if gold else GroundTruth()
-        self.weights = check_weights(weights)
+        self.weights = {name: float(w) for name, w in weights.items()}
         self.abstain_value = abstain_value
 
     def with_weights(self, weights: dict[str, float]) -> RewardMix:
@@ -110,17 +111,18 @@ class RewardMix:
         return metrics
 
 
-def check_weights(weights: dict[str, float]) -> dict[str, float]:
-    """Weights must be finite numbers >= 0 with a positive sum: every source reports "higher is better", so a
-    negative weight would train away from it (a penalty belongs in a source of its own)."""
-    out = {}
-    for name, w in weights.items():
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-            raise ValueError(f"reward.weights.{name}={w!r}; accepted: a finite number >= 0")
-        out[name] = float(w)
-    if not any(w != 0 for w in out.values()):
-        raise ValueError(f"reward.weights={out}; accepted: weights with a positive sum (at least one source > 0)")
-    return out
+def weight_problems(weights: dict[str, Any], sources: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Reward weights must name exactly the sources, be finite numbers >= 0 and have a positive sum.
+
+    Negative weights are refused: every source reports "higher is better" in [0, 1] (or a rank), so a negative
+    weight would silently train away from it; a penalty belongs in a source of its own.
+    """
+    if set(weights) != set(sources):
+        return [("weights", dict(weights), f"one weight for each source, no other: {sorted(sources)}")]
+    bad = [(f"weights.{k}", w, "a finite number >= 0") for k, w in weights.items() if not (is_real(w) and w >= 0)]
+    if not bad and not any(w > 0 for w in weights.values()):
+        bad = [("weights", dict(weights), "weights with a positive sum (at least one source > 0)")]
+    return bad
 
 
 def monitor_metrics(rollouts: RolloutBatch, votes: list[GroupVote], gold: torch.Tensor) -> dict[str, float]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from srtlab.rewards.base import RewardContext
+from srtlab.settings import Annotated, Rule, checked, choice, fail, listing, problem, real, strings, text
 from srtlab.types import RewardOutput, RolloutBatch, question_of
 
 DEFAULT_TEMPLATE = (
@@ -42,6 +43,11 @@ class JudgeShot:
     verdict: bool  # True: the assistant replies with the "correct" verdict word
 
 
+VERDICTS = Rule(lambda v: strings().ok(v) and len(v) == 2 and v[0] != v[1], "two different words: [correct, incorrect]")
+SHOTS = "a list of {question, answer, verdict} or null"
+
+
+@checked
 class SelfJudge:
     """Reward = the policy's probability that an answer is correct, read from its next-token distribution.
 
@@ -56,18 +62,14 @@ class SelfJudge:
 
     name = "self_judge"
 
-    def __init__(self, template: str = DEFAULT_TEMPLATE, verdicts: tuple[str, str] | list[str] = ("Yes", "No"),
-                 system: str | None = None, shots: list[JudgeShot | dict] | None = None,
-                 threshold: float | None = None, show: str = "answer") -> None:
-        for field in ("{question}", "{answer}"):
-            if field not in template:
-                raise ValueError(f"self_judge template must contain {field}, got {template!r}")
-        if threshold is not None and not 0.0 < threshold < 1.0:
-            raise ValueError(f"self_judge threshold={threshold}; must be in (0, 1) or null")
-        if show not in ("answer", "completion"):
-            raise ValueError(f"self_judge show={show!r}; accepted: answer, completion")
-        if len(verdicts) != 2:
-            raise ValueError(f"self_judge verdicts={list(verdicts)}; want two words: [correct, incorrect]")
+    def __init__(self, template: Annotated[str, text()] = DEFAULT_TEMPLATE,
+                 verdicts: Annotated[list[str], VERDICTS] = ("Yes", "No"),
+                 system: Annotated[str | None, text(null=True)] = None,
+                 shots: Annotated[list[JudgeShot | dict] | None, listing(null=True, what=SHOTS)] = None,
+                 threshold: Annotated[float | None, real(0, 1, open_low=True, open_high=True, null=True)] = None,
+                 show: Annotated[str, choice(("answer", "completion"))] = "answer") -> None:
+        fail(type(self), [problem("template", template, f"a text with the field {field}")
+                          for field in ("{question}", "{answer}") if field not in template])
         self.template, self.system = template, system
         self.yes, self.no = verdicts
         self.shots = [s if isinstance(s, JudgeShot) else JudgeShot(**s) for s in shots or []]

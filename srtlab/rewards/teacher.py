@@ -17,9 +17,11 @@ import torch
 from srtlab.answers.canonical import parse_answer, parsed_equivalent
 from srtlab.data.sources import read_labels
 from srtlab.rewards.base import RewardContext
+from srtlab.settings import Annotated, checked, text
 from srtlab.types import RewardOutput, RolloutBatch
 
 
+@checked
 class Teacher:
     """1.0 for a completion whose answer equals its prompt's teacher label (canonical comparison by the
     prompt's ``answer_kind``), 0.0 for another answer or none; NaN for a prompt without a kept label.
@@ -30,7 +32,7 @@ class Teacher:
 
     name = "teacher"
 
-    def __init__(self, labels: str) -> None:
+    def __init__(self, labels: Annotated[str, text()]) -> None:
         self.path = labels
         self.labels = {pid: row["label"] for pid, row in read_labels(labels).items() if row.get("label") is not None}
 

@@ -13,9 +13,11 @@ import torch
 
 from srtlab.answers.votes import GroupVote
 from srtlab.rewards.base import RewardContext
+from srtlab.settings import Annotated, boolean, checked, real
 from srtlab.types import RewardOutput, RolloutBatch
 
 
+@checked
 class MajorityVote:
     """Reward agreement with the group's majority answer.
 
@@ -29,9 +31,8 @@ class MajorityVote:
 
     name = "vote"
 
-    def __init__(self, soft: bool = False, min_agreement: float = 0.0) -> None:
-        if not 0.0 <= min_agreement <= 1.0:
-            raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement}")
+    def __init__(self, soft: Annotated[bool, boolean()] = False,
+                 min_agreement: Annotated[float, real(0, 1)] = 0.0) -> None:
         self.soft = soft
         self.min_agreement = min_agreement
 

@@ -8,39 +8,29 @@ from typing import Any, Protocol
 
 import torch
 
+from srtlab.settings import Annotated, checked, fail, integer, problem, real, strings
 from srtlab.types import Prompt, RolloutBatch
 
 
+@checked
 @dataclass
 class SamplingSettings:
-    """How completions are sampled. ``temperature=0`` means greedy."""
+    """How completions are sampled (``rollout.sampling``, ``rollout.val_sampling``). ``temperature=0``: greedy."""
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = 0  # 0 or None: off
-    max_new_tokens: int = 128
-    stop: list[str] = field(default_factory=list)  # extra stop strings besides the eos token
-    min_new_tokens: int = 0  # no eos before this many tokens (benchmarks of fixed length; vLLM's min_tokens)
+    temperature: Annotated[float, real(0, 100, why="0 is greedy; logits / T beyond 100 are noise")] = 1.0
+    top_p: Annotated[float, real(0, 1, open_low=True)] = 1.0
+    top_k: Annotated[int | None, integer(0, null=True)] = 0  # 0 or None: off
+    max_new_tokens: Annotated[int, integer(1)] = 128
+    stop: Annotated[list[str], strings()] = field(default_factory=list)  # extra stop strings besides the eos
+    min_new_tokens: Annotated[int, integer(0)] = 0  # no eos before this many tokens (fixed-length benchmarks)
 
     def __post_init__(self) -> None:
         if self.top_k is None:  # both mean "off"; engines take an int
             self.top_k = 0
-
-    def validate(self, key: str = "rollout.sampling") -> None:
-        """Raise ValueError naming ``key.<field>`` for a value generation cannot use."""
-        if not self.temperature >= 0:
-            raise ValueError(f"{key}.temperature={self.temperature}; must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"{key}.top_p={self.top_p}; must be in (0, 1]")
-        if self.top_k is not None and not self.top_k >= 0:
-            raise ValueError(f"{key}.top_k={self.top_k}; must be >= 0 (0 or null: off)")
-        if not self.max_new_tokens >= 1:
-            raise ValueError(f"{key}.max_new_tokens={self.max_new_tokens}; must be >= 1")
-        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
-            raise ValueError(f"{key}.min_new_tokens={self.min_new_tokens}; must be in [0, max_new_tokens="
-                             f"{self.max_new_tokens}]")
-        if not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"{key}.stop={self.stop!r}; must be a list of non-empty strings")
+        self.stop = list(self.stop)
+        if self.min_new_tokens > self.max_new_tokens:
+            fail(type(self), [problem("min_new_tokens", self.min_new_tokens,
+                                      f"at most max_new_tokens ({self.max_new_tokens})")])
 
 
 class RolloutEngine(Protocol):
@@ -104,3 +94,12 @@ def render_messages(tokenizer, conversations: list[list[dict[str, str]]]) -> lis
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return ids
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a completion: the model's generation config's eos ids, else the tokenizer's eos."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]

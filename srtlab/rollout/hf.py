@@ -29,11 +29,13 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from srtlab.answers.extract import extract_answer
+from srtlab.answers.extract import ANSWER_STYLES, extract_answer
 from srtlab.models.attention import NAME as DECODE_ATTENTION
 from srtlab.models.forward import CACHE, left_pad
-from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
+from srtlab.models.load import DTYPES
+from srtlab.rollout.engine import SamplingSettings, eos_ids, render_messages, resolve_prompt_ids
 from srtlab.seeds import seed_for
+from srtlab.settings import Annotated, boolean, checked, choice, integer
 from srtlab.types import Prompt, RolloutBatch
 
 
@@ -114,20 +116,23 @@ def _trim(tokens: list[int], eos: set[int]) -> list[int]:
     return tokens
 
 
+@checked
 class HFEngine:
-    """Samples with ``transformers`` ``generate`` on the policy model itself.
+    """Samples with ``transformers`` ``generate``, in process (``configs/rollout/hf.yaml``).
 
     Args:
-        model: the policy (a ``PreTrainedModel`` or a peft model), shared, not copied.
+        model: the policy (a ``PreTrainedModel`` or a peft model).
         tokenizer: its tokenizer.
         answer_style: how answers are extracted from completions (see ``srtlab.answers.extract``).
         prompts_per_call: prompts generated together in one ``generate`` call (memory bound).
         share_prefill: prefill each prompt once and copy its cache to the G samples.
-        dtype: None to sample with the policy itself, or a dtype name for a separate sampling copy.
+        dtype: a dtype name for a separate sampling copy of the policy (synced after every step), or None to
+            sample with the policy module itself.
     """
 
-    def __init__(self, model, tokenizer, answer_style: str = "auto", prompts_per_call: int = 8,
-                 share_prefill: bool = True, dtype: str | None = None) -> None:
+    def __init__(self, model, tokenizer, answer_style: Annotated[str, choice(ANSWER_STYLES)] = "auto",
+                 prompts_per_call: Annotated[int, integer(1)] = 8, share_prefill: Annotated[bool, boolean()] = True,
+                 dtype: Annotated[str | None, choice(DTYPES, null=True)] = None) -> None:
         self.policy = model
         self.model = model
         if dtype is not None and getattr(torch, dtype) != next(model.parameters()).dtype:
@@ -141,6 +146,7 @@ class HFEngine:
         self.answer_style = answer_style
         self.prompts_per_call = prompts_per_call
         self.share_prefill = share_prefill
+        self.eos = eos_ids(self.model, tokenizer)
 
     def generate(self, prompts: list[Prompt], n: int, sampling: SamplingSettings, seed: int,
                  prompt_ids: list[list[int]] | None = None) -> RolloutBatch:
@@ -159,7 +165,7 @@ class HFEngine:
                 logprobs += lps
         finally:
             self.model.train(was_training)
-        eos = set(self._eos_ids())
+        eos = set(self.eos)
         completions = [_trim(c, eos) for c in completions]
         logprobs = [lp[: len(c)] for lp, c in zip(logprobs, completions)]
         texts = self.tokenizer.batch_decode(completions, skip_special_tokens=True)
@@ -197,7 +203,7 @@ class HFEngine:
         sampler = Sampler(s.temperature, s.top_k, s.top_p)  # generate runs greedy on the sampler's choice
         out = self.model.generate(
             input_ids=ids_n, attention_mask=mask_n, do_sample=False, temperature=None, top_p=None, top_k=None,
-            max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None, eos_token_id=self._eos_ids(),
+            max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None, eos_token_id=self.eos,
             pad_token_id=pad,
             stop_strings=s.stop or None, tokenizer=self.tokenizer if s.stop else None,
             logits_processor=LogitsProcessorList([sampler]), **{CACHE: cache},
@@ -228,12 +234,6 @@ class HFEngine:
         finally:
             self.model.train(was_training)
         return torch.cat(out) if out else torch.empty(0, len(token_ids))
-
-    def _eos_ids(self) -> list[int]:
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        return list(eos) if isinstance(eos, (list, tuple)) else [eos]
 
     @property
     def shares_policy(self) -> bool:

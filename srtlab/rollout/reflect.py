@@ -51,6 +51,7 @@ from srtlab.answers.votes import vote_groups
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.rollout.turns import QUESTION, continue_after, episode, turn_ids
 from srtlab.seeds import seed_for
+from srtlab.settings import Annotated, boolean, checked, choice, fail, integer, problem, real, text
 from srtlab.types import Prompt, RewardOutput, RolloutBatch, question_of
 
 SIGNALS = ("ground_truth", "vote", "mix")
@@ -109,6 +110,7 @@ def mean_or_nan(xs: list[float]) -> float:
 
 
 # -- the program ---------------------------------------------------------------------------------------
+@checked
 class ReflectRetry:
     """The reflect-and-retry rollout program (see the module docstring); config key ``rollout.program``.
 
@@ -124,21 +126,18 @@ class ReflectRetry:
         keep_retry: keep the retry in the trained completion (mask 0), or train on the reflection alone.
     """
 
-    def __init__(self, signal: str = "ground_truth", attempts: int = 4, failures_per_prompt: int = 1,
-                 reflect_instruction: str = "Your answer is wrong. In one or two sentences, say what went wrong.",
-                 retry_instruction: str = "Try again.", reflect_max_new_tokens: int = 64,
-                 min_agreement: float = 0.5, plain_retry: bool = True, keep_retry: bool = True) -> None:
-        if signal not in SIGNALS:
-            raise ValueError(f"rollout.program.signal={signal!r}; accepted: {', '.join(SIGNALS)}")
-        if attempts < (2 if signal == "vote" else 1):
-            raise ValueError(f"rollout.program.attempts={attempts}; the {signal!r} signal needs at least "
-                             f"{2 if signal == 'vote' else 1} first attempts per prompt")
-        if failures_per_prompt < 1 or failures_per_prompt > attempts:
-            raise ValueError(f"rollout.program.failures_per_prompt={failures_per_prompt}; must be in [1, attempts]")
-        if reflect_max_new_tokens < 1:
-            raise ValueError(f"rollout.program.reflect_max_new_tokens={reflect_max_new_tokens}; must be >= 1")
-        if not 0.0 <= min_agreement <= 1.0:
-            raise ValueError(f"rollout.program.min_agreement={min_agreement}; must be in [0, 1]")
+    def __init__(self, signal: Annotated[str, choice(SIGNALS)] = "ground_truth",
+                 attempts: Annotated[int, integer(1)] = 4, failures_per_prompt: Annotated[int, integer(1)] = 1,
+                 reflect_instruction: Annotated[str, text()] =
+                 "Your answer is wrong. In one or two sentences, say what went wrong.",
+                 retry_instruction: Annotated[str, text()] = "Try again.",
+                 reflect_max_new_tokens: Annotated[int, integer(1)] = 64,
+                 min_agreement: Annotated[float, real(0, 1)] = 0.5, plain_retry: Annotated[bool, boolean()] = True,
+                 keep_retry: Annotated[bool, boolean()] = True) -> None:
+        fail(type(self), [problem("attempts", attempts, f"at least 2 with signal={signal!r} (a vote needs two)")]
+             if signal == "vote" and attempts < 2 else [])
+        fail(type(self), [problem("failures_per_prompt", failures_per_prompt, f"at most attempts ({attempts})")]
+             if failures_per_prompt > attempts else [])
         self.signal, self.attempts, self.failures_per_prompt = signal, attempts, failures_per_prompt
         self.reflect_instruction, self.retry_instruction = reflect_instruction, retry_instruction
         self.reflect_max_new_tokens, self.min_agreement = reflect_max_new_tokens, min_agreement

@@ -20,6 +20,7 @@ from srtlab.models.forward import LogprobFn
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
 from srtlab.rollout.sync import LogprobProbe, policy_weights
 from srtlab.seeds import seed_for, train_seed
+from srtlab.settings import Annotated, checked, integer, node
 from srtlab.types import Prompt, RewardOutput, RolloutBatch
 
 Scorer = Callable[[RolloutBatch], RewardOutput]  # the reward mix, bound to this step
@@ -47,32 +48,31 @@ def attach(rollouts: RolloutBatch, scored: RewardOutput) -> RolloutBatch:
     return rollouts
 
 
+@checked
 class Rollouts:
-    """Samples training and held-out batches with one engine, and keeps the engine in step with the policy.
+    """Samples training and held-out batches with one engine, and keeps the engine in step with the policy
+    (``configs/rollout/``).
 
     Args:
         engine: a factory ``(model, tokenizer) -> RolloutEngine`` (Hydra ``_partial_``), built on first use.
-        n: samples per training prompt (G).
+        n: samples per training prompt (G); group advantages and the vote need at least 2.
         sampling: training sampling settings.
         val_n: samples per held-out prompt (k of mean@k, maj@k, pass@k).
-        val_sampling: evaluation sampling settings.
+        val_sampling: evaluation sampling settings (default: ``sampling``).
         seed: the run seed.
         program: the rollout program for training batches (default :func:`plain_program`).
         probe: after each weight sync, compare the engine's log-probs with the trainer's (engines that
             report log-probs only); None: no check.
     """
 
-    def __init__(self, engine: Callable[..., RolloutEngine], n: int, sampling: SamplingSettings, val_n: int,
-                 val_sampling: SamplingSettings, seed: int = 0, program: RolloutProgram | None = None,
-                 probe: LogprobProbe | None = None) -> None:
-        if n < 2:
-            raise ValueError(f"rollout.n={n}; group advantages (and the vote) need at least 2 samples per prompt")
-        if val_n < 1:
-            raise ValueError(f"rollout.val_n={val_n}; must be >= 1")
-        sampling.validate()
-        val_sampling.validate()
+    def __init__(self, engine: Callable[..., RolloutEngine], n: Annotated[int, integer(2)] = 8,
+                 sampling: SamplingSettings | None = None, val_n: Annotated[int, integer(1)] = 8,
+                 val_sampling: SamplingSettings | None = None, seed: Annotated[int, integer(0)] = 0,
+                 program: Annotated[RolloutProgram | None, node("a rollout program")] = None,
+                 probe: Annotated[LogprobProbe | None, node("a log-prob probe")] = None) -> None:
         self.make_engine = engine
-        self.n, self.sampling, self.val_n, self.val_sampling, self.seed = n, sampling, val_n, val_sampling, seed
+        self.sampling = sampling or SamplingSettings()
+        self.n, self.val_n, self.val_sampling, self.seed = n, val_n, val_sampling or self.sampling, seed
         self.program = program or plain_program
         self.probe = probe
         self._engine: RolloutEngine | None = None

@@ -18,6 +18,7 @@ losing weights, LoRA mapped wrong). Peer frameworks' most reported bug, so it is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ import torch
 
 from srtlab.models.forward import LogprobFn
 from srtlab.rollout.engine import RolloutEngine, SamplingSettings
+from srtlab.settings import Annotated, Rule, any_of, checked, integer, real
 from srtlab.types import Prompt
 
 PEFT_PREFIX = "base_model.model."  # peft's PeftModel -> LoraModel -> the base model
@@ -87,6 +89,10 @@ def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
             yield base_name(name), full_tensor(tensor.detach())
 
 
+DIFF = any_of(real(0, open_low=True), Rule(lambda v: v == math.inf, ".inf (report, never stop)"))
+
+
+@checked
 @dataclass
 class LogprobProbe:
     """After each sync, sample ``tokens`` tokens for ``prompts`` prompts of the batch and compare log-probs.
@@ -101,13 +107,13 @@ class LogprobProbe:
         tokens: new tokens sampled per probe prompt.
         max_median_diff: fail (RuntimeError) when the median per-token |difference| exceeds this (nats).
             The median, not the max or mean: a bf16 engine against an fp32 trainer has rare spikes of
-            several nats on single tokens (measured in docs/scale.md; one spike in 16 tokens moves the
-            mean by 0.3) while a desync moves every token. A desync alarm, not a precision test.
+            several nats on single tokens (docs/scale.md) while a desync moves every token. A desync alarm, not a
+            precision test.
     """
 
-    prompts: int = 2
-    tokens: int = 8
-    max_median_diff: float = 0.1
+    prompts: Annotated[int, integer(1)] = 2
+    tokens: Annotated[int, integer(1)] = 8
+    max_median_diff: Annotated[float, DIFF] = 0.1
 
     def __call__(self, logprobs: LogprobFn, engine: RolloutEngine, prompts: list[Prompt], sampling: SamplingSettings,
                  seed: int) -> dict[str, float]:

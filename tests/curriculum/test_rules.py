@@ -39,4 +39,4 @@ def test_min_and_max_steps():
 ])
 def test_bad_rules_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        AdvanceRule(**kwargs).validate()
+        AdvanceRule(**kwargs)

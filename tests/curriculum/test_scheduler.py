@@ -121,7 +121,7 @@ def test_start_level_and_its_bounds():
     assert s.mixture() == [("chain_sum", 2, 1.0)]
     s.observe(1, stats())
     assert s.level["chain_sum"] == 2 and not s.changes  # already at the top
-    with pytest.raises(ValueError, match="start=3; its levels are 0..2"):
+    with pytest.raises(ValueError, match=r"tasks.chain_sum.start=3; accepted: a level of the task, 0..2"):
         CurriculumScheduler(tasks={"chain_sum": {"levels": [0, 1, 2], "start": 3}})
 
 

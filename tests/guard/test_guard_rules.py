@@ -130,14 +130,14 @@ def test_probe_drop_reads_the_labelled_probe_against_its_best():
     assert finding.fired and finding.values == {"probe_mean": 0.3, "probe_best": 0.45}
 
 
-@pytest.mark.parametrize("rule, message", [
-    (MajorityCollapse(threshold=1.5), "threshold=1.5; accepted: a number in [0, 1]"),
-    (MajorityCollapse(window=1), "window=1; accepted: an integer >= 2"),
-    (LengthDrift(max_change=0), "max_change=0; accepted: a number > 0"),
-    (RewardDivergence(evals=1), "evals=1; accepted: an integer >= 2"),
-    (RewardDivergence(heldout="train/reward"), "heldout='train/reward'"),
-    (ProbeDrop(max_drop=2.0), "max_drop=2.0; accepted: a number in [0, 1]"),
+@pytest.mark.parametrize("rule, settings, message", [
+    (MajorityCollapse, {"threshold": 1.5}, "MajorityCollapse.threshold=1.5; accepted: a number in [0, 1]"),
+    (MajorityCollapse, {"window": 1}, "MajorityCollapse.window=1; accepted: an integer >= 2"),
+    (LengthDrift, {"max_change": 0}, "LengthDrift.max_change=0; accepted: a number > 0"),
+    (RewardDivergence, {"evals": 1}, "RewardDivergence.evals=1; accepted: an integer >= 2"),
+    (RewardDivergence, {"heldout": "train/reward"}, "RewardDivergence.heldout='train/reward'"),
+    (ProbeDrop, {"max_drop": 2.0}, "ProbeDrop.max_drop=2.0; accepted: a number in [0, 1]"),
 ])
-def test_bad_settings_name_the_field(rule, message):
+def test_bad_settings_name_the_field(rule, settings, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        rule.validate()
+        rule(**settings)

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from srtlab.algorithms.advantages import rloo
-from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+from srtlab.algorithms.settings import AlgorithmSettings
 from srtlab.models.forward import completion_logits
+from srtlab.models.load import ModelSettings
 from srtlab.modules.policy import PolicyModule
 from srtlab.types import Prompt, RolloutBatch
 
@@ -45,7 +46,7 @@ def test_shared_prompt_forward_gives_the_same_logprobs_and_gradients(tiny_model_
 
 
 def test_skipping_unanimous_groups_keeps_the_batch_gradient(tiny_model_dir):
-    module = PolicyModule(str(tiny_model_dir), AlgorithmSettings(advantage="rloo"), OptimSettings(),
+    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(advantage="rloo"),
                           micro_batch_prompts=1)
     module.configure_model()
     rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0])  # group 0 unanimous: zero advantage
@@ -80,7 +81,7 @@ def test_micro_batch_split_keeps_the_gradient_for_every_aggregation_with_a_loss_
     mask[0][1] = mask[2][0] = mask[2][3] = 0  # some tokens are not trained (as a reflection's retry)
     grads = []
     for micro in (1, 2):
-        module = PolicyModule(str(tiny_model_dir), AlgorithmSettings(loss_agg=agg, max_tokens=5), OptimSettings(),
+        module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(loss_agg=agg, max_tokens=5),
                               micro_batch_prompts=micro)
         module.configure_model()
         module.accumulate_gradients(_batch(rewards, mask), rloo(rewards, 4), lambda loss: loss.backward())
@@ -105,7 +106,7 @@ def test_micro_batch_split_keeps_the_gradient_for_every_aggregation_with_a_loss_
 
 def test_kl_term_moves_the_loss_and_its_gradient(tiny_model_dir):
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
-    module = PolicyModule(str(tiny_model_dir), AlgorithmSettings(kl_coef=0.5), OptimSettings(), micro_batch_prompts=2)
+    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(kl_coef=0.5), micro_batch_prompts=2)
     module.configure_model()
     with torch.no_grad():  # the policy moves away from the frozen reference (a real step would)
         for p in module.model.parameters():
@@ -150,7 +151,7 @@ def test_ppo_epochs_make_the_clip_act_and_tis_logs_importance_weights(tiny_cfg, 
 
     run = tmp_path / "run"
     fit(tiny_cfg(*PARITY_REWARD, "algorithm.ppo_epochs=2", "algorithm.mini_batches=2", "algorithm.is_correction=tis",
-                 "rollout.engine.dtype=bfloat16", "optim.lr=5e-2", "optim.grad_clip=0", "eval_before=false",
+                 "rollout.engine.dtype=bfloat16", "optim.lr=5e-2", "module.grad_clip=0", "eval_before=false",
                  "eval_after=false", "trainer.max_steps=2", "rollout.sampling.temperature=1.0", run_dir=run))
     m = read_metrics(run)
     assert sorted(m["train/updates"].values()) == [4.0, 4.0]  # 2 epochs x 2 mini-batches, one global step each

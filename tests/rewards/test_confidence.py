@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import ctx_for
-from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+from srtlab.algorithms.settings import AlgorithmSettings
+from srtlab.models.load import ModelSettings
 from srtlab.modules.policy import PolicyModule
 from srtlab.rewards.base import RunContext
 from srtlab.rewards.confidence import Confidence, normalize_in_groups, sequence_confidence, token_statistics
@@ -93,7 +94,7 @@ def reference(model, kind: str) -> list[float]:
 
 @pytest.mark.parametrize("kind", ["self_certainty", "neg_entropy", "seq_logprob"])
 def test_raw_values_through_the_policy_match_separate_forward_passes(kind, tiny_model_dir):
-    module = PolicyModule(str(tiny_model_dir), AlgorithmSettings(), OptimSettings(), micro_batch_prompts=1)
+    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(), micro_batch_prompts=1)
     module.configure_model()  # in train mode, as during fit; the source scores in eval mode and restores it
     batch = _batch()
     out = Confidence(kind=kind, normalize="none")(batch, ctx_for(batch, logits=module.scoring_logits, micro_batch_prompts=1))
@@ -105,7 +106,7 @@ def test_raw_values_through_the_policy_match_separate_forward_passes(kind, tiny_
 
 
 def test_mix_logs_confidence_even_at_weight_zero(tiny_model_dir):
-    module = PolicyModule(str(tiny_model_dir), AlgorithmSettings(), OptimSettings())
+    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings())
     module.configure_model()
     mix = RewardMix({"vote": MajorityVote(), "confidence": Confidence()}, {"vote": 1.0, "confidence": 0.0})
     batch = _batch()

@@ -7,8 +7,8 @@ import reasoning_gym
 import torch
 
 from conftest import make_batch
-from srtlab.answers.gold import is_correct
 from srtlab.answers import gold as ground_truth
+from srtlab.answers.gold import is_correct
 from srtlab.rewards.ground_truth import GroundTruth
 from srtlab.types import Prompt
 

@@ -107,7 +107,7 @@ def test_logged_as_a_monitor_in_the_mix_at_weight_zero(tiny_model_and_tokenizer)
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"template": "no fields"}, "must contain {question}"),
+    ({"template": "no fields"}, "template='no fields'; accepted: a text with the field {question}"),
     ({"threshold": 1.5}, "threshold=1.5"),
     ({"show": "text"}, "show='text'"),
 ])

@@ -184,8 +184,8 @@ def test_evaluate_with_and_without_a_retry_by_hand():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"signal": "judge"}, "rollout.program.signal='judge'; accepted: ground_truth, vote, mix"),
-    ({"signal": "vote", "attempts": 1}, "needs at least 2 first attempts"),
+    ({"signal": "judge"}, "ReflectRetry.signal='judge'; accepted: ground_truth, vote, mix"),
+    ({"signal": "vote", "attempts": 1}, "ReflectRetry.attempts=1; accepted: at least 2 with signal='vote'"),
     ({"attempts": 2, "failures_per_prompt": 3}, "failures_per_prompt=3"),
     ({"reflect_max_new_tokens": 0}, "reflect_max_new_tokens=0"),
 ])
@@ -231,10 +231,11 @@ def test_masked_episode_trains_exactly_the_reflection(tiny_model_dir):
     """The gradient of reflection + retry with the reflection mask equals that of the reflection alone
     (keep_retry=False): the retry tokens get no advantage and do not count in the normaliser."""
     from srtlab.algorithms.advantages import compute_advantages
-    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.algorithms.settings import AlgorithmSettings
+    from srtlab.models.load import ModelSettings
     from srtlab.modules.policy import PolicyModule
 
-    module = PolicyModule(str(tiny_model_dir), AlgorithmSettings(advantage="grpo"), OptimSettings())
+    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(advantage="grpo"))
     module.configure_model()
     p0, p1 = _prompt("3*4?", "12", "p0"), _prompt("2*3?", "6", "p1")
     script = [["Answer: 3", "Answer: 12", "Answer: 5", "Answer: 6"], ["ab", "cde|", "f", "gh"],
@@ -258,12 +259,13 @@ def test_masked_episode_trains_exactly_the_reflection(tiny_model_dir):
 def test_program_on_the_vllm_engine(tmp_path):
     """The same program on vLLM (CPU build): contexts given as token ids, masks consistent."""
     from conftest import make_tiny_model
-    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.algorithms.settings import AlgorithmSettings
+    from srtlab.models.load import ModelSettings
     from srtlab.modules.policy import PolicyModule
     from srtlab.rollout.vllm import VLLMEngine
 
     model_dir = make_tiny_model(tmp_path / "tiny-llama-128", hidden=128, heads=2)  # vLLM CPU: heads of 64+
-    policy = PolicyModule(str(model_dir), AlgorithmSettings(), OptimSettings(), temperature=1.0)
+    policy = PolicyModule(ModelSettings(str(model_dir)), AlgorithmSettings(), temperature=1.0)
     policy.configure_model()
     engine = VLLMEngine(policy.model, policy.tokenizer, str(model_dir), dtype="float32", kv_cache_gib=1,
                         enforce_eager=True, max_model_len=512)

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from srtlab.models.load import LoraSettings, load_model
+from srtlab.models.load import LoraSettings, ModelSettings, load_model
 from srtlab.rollout.engine import SamplingSettings
 from srtlab.rollout.hf import HFEngine
 from srtlab.rollout.sync import LogprobProbe, base_name, merged_lora_weight, policy_weights
@@ -13,7 +13,7 @@ from srtlab.types import Prompt, RolloutBatch
 
 
 def _lora_model(path, r=2, alpha=4, dtype="float32"):
-    model = load_model(str(path), dtype, LoraSettings(r=r, alpha=alpha))
+    model = load_model(ModelSettings(str(path), dtype, lora=LoraSettings(r=r, alpha=alpha)))
     torch.manual_seed(1)
     with torch.no_grad():  # a trained-looking adapter: B is 0 at init, which would merge to W itself
         for name, p in model.named_parameters():
@@ -47,7 +47,7 @@ def test_lora_sync_is_the_merged_model_and_leaves_the_policy_alone(tiny_model_di
     assert any("lora_B" in k for k in model.state_dict())
     # names and values are those of the merged base model (peft's merge on a copy is the reference)
     merged = copy.deepcopy(model).merge_and_unload().state_dict()
-    plain = load_model(str(tiny_model_dir)).state_dict()
+    plain = load_model(ModelSettings(str(tiny_model_dir))).state_dict()
     assert set(sent) == set(plain)  # base names, the tied lm_head included
     for k, v in sent.items():
         torch.testing.assert_close(v, merged[k], rtol=1e-6, atol=1e-6)
@@ -104,10 +104,11 @@ class _ReportingEngine:
 
 
 def _policy(model_dir):
-    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.algorithms.settings import AlgorithmSettings
+    from srtlab.models.load import ModelSettings
     from srtlab.modules.policy import PolicyModule
 
-    policy = PolicyModule(str(model_dir), AlgorithmSettings(), OptimSettings(), temperature=0.7)
+    policy = PolicyModule(ModelSettings(str(model_dir)), AlgorithmSettings(), temperature=0.7)
     policy.configure_model()
     return policy
 

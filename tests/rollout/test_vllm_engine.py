@@ -29,10 +29,11 @@ def vllm_model_dir(tmp_path_factory):
 
 
 def _policy(model_dir, lora=None):
-    from srtlab.algorithms.settings import AlgorithmSettings, OptimSettings
+    from srtlab.algorithms.settings import AlgorithmSettings
+    from srtlab.models.load import LoraSettings, ModelSettings
     from srtlab.modules.policy import PolicyModule
 
-    policy = PolicyModule(str(model_dir), AlgorithmSettings(), OptimSettings(), lora=lora, temperature=0.7)
+    policy = PolicyModule(ModelSettings(str(model_dir), lora=lora or LoraSettings()), AlgorithmSettings(), temperature=0.7)
     policy.configure_model()
     return policy
 
