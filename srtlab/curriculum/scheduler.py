@@ -218,7 +218,7 @@ class CurriculumScheduler(L.Callback):
         """Hand the datamodule the mixture, and the policy the reward weights, of the current state."""
         self._datamodule.set_mixture(self.mixture())
         warming = any(v > 0 for v in self.warmup_left.values())
-        pl_module.set_reward_weights({GroundTruth.name: 1.0} if warming else None)
+        pl_module.override_reward_weights("curriculum", {GroundTruth.name: 1.0} if warming else None)
 
     def _folder(self, trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir) / "curriculum"

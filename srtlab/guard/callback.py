@@ -85,8 +85,7 @@ class CollapseGuard(L.Callback):
         self.events = 0
         self.rollbacks = 0
         self.best: dict[str, Any] | None = None  # {"path", "score", "step"}
-        self.gold_until = -1  # the gold mix is in force until this step
-        self.saved_weights: dict[str, float] | None = None  # reward weights to restore after the gold mix
+        self.gold_until = -1  # the gold mix (the module's "guard" reward override) is in force until this step
         self.kl_coef: float | None = None  # the KL coefficient a rollback set (re-applied on resume)
 
     # -- set-up and resume ------------------------------------------------------------------------
@@ -97,9 +96,9 @@ class CollapseGuard(L.Callback):
         if self.remedy.kl_coef is not None and not hasattr(pl_module, "set_kl_coef"):
             raise ValueError(f"callbacks.guard.remedy.kl_coef={self.remedy.kl_coef} needs {type(pl_module).__name__}"
                              ".set_kl_coef, which it lacks; set callbacks.guard.remedy.kl_coef=null")
-        if self.remedy.gold_mix is not None and not hasattr(pl_module, "set_reward_weights"):
+        if self.remedy.gold_mix is not None and not hasattr(pl_module, "override_reward_weights"):
             raise ValueError(f"callbacks.guard.remedy.gold_mix={self.remedy.gold_mix} needs {type(pl_module).__name__}"
-                             ".set_reward_weights, which it lacks; set callbacks.guard.remedy.gold_mix=null")
+                             ".override_reward_weights, which it lacks; set callbacks.guard.remedy.gold_mix=null")
         if self.remedy.curriculum_back and not _step_back_callbacks(trainer):
             raise ValueError("callbacks.guard.remedy.curriculum_back=true but no callback has step_back() "
                              "(add a curriculum, e.g. experiment=curriculum, or set it to false)")
@@ -107,20 +106,17 @@ class CollapseGuard(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.kl_coef is not None:  # remedies in force when the run was saved
             pl_module.set_kl_coef(self.kl_coef)
-        if self.gold_until > trainer.global_step and self.remedy.gold_mix is not None:
-            pl_module.set_reward_weights(dict(self.remedy.gold_mix))
         if self.action == "rollback" and self.best is None:  # the starting weights: a target until an evaluation
             self._save_best(trainer, float("-inf"))
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history.state_dict(), "quiet_until": self.quiet_until, "events": self.events,
-                "rollbacks": self.rollbacks, "best": self.best, "gold_until": self.gold_until,
-                "saved_weights": self.saved_weights, "kl_coef": self.kl_coef}
+                "rollbacks": self.rollbacks, "best": self.best, "gold_until": self.gold_until, "kl_coef": self.kl_coef}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = History.from_state(state["history"])
         self.quiet_until, self.events, self.rollbacks = state["quiet_until"], state["events"], state["rollbacks"]
-        self.best, self.gold_until, self.saved_weights = state["best"], state["gold_until"], state["saved_weights"]
+        self.best, self.gold_until = state["best"], state["gold_until"]
         self.kl_coef = state["kl_coef"]
 
     # -- watching ---------------------------------------------------------------------------------
@@ -219,9 +215,7 @@ class CollapseGuard(L.Callback):
             pl_module.set_kl_coef(r.kl_coef)
             self.kl_coef = done["kl_coef"] = r.kl_coef
         if r.gold_mix is not None:
-            previous = pl_module.set_reward_weights(dict(r.gold_mix))
-            if self.saved_weights is None and isinstance(previous, Mapping):
-                self.saved_weights = dict(previous)
+            pl_module.override_reward_weights("guard", dict(r.gold_mix))  # its own override: ended at gold_until
             self.gold_until = trainer.global_step + r.gold_mix_steps
             done["gold_mix"] = {"weights": dict(r.gold_mix), "until_step": self.gold_until}
         if r.curriculum_back:
@@ -231,9 +225,8 @@ class CollapseGuard(L.Callback):
         return done
 
     def _end_gold_mix(self, pl_module: L.LightningModule) -> None:
-        if self.saved_weights is not None:
-            pl_module.set_reward_weights(dict(self.saved_weights))
-        self.gold_until, self.saved_weights = -1, None
+        pl_module.override_reward_weights("guard", None)  # whatever else overrides the weights stays in force
+        self.gold_until = -1
 
     # -- the rollback target ----------------------------------------------------------------------
     def _update_best(self, trainer: L.Trainer, metrics: dict[str, float]) -> None:

@@ -16,7 +16,7 @@ class Remedy:
 
     lr_factor: multiply the learning rate (optimizer param groups and the scheduler's base rates).
     kl_coef: set the KL coefficient (``pl_module.set_kl_coef``).
-    gold_mix: reward weights for ``gold_mix_steps`` steps (``pl_module.set_reward_weights``), e.g.
+    gold_mix: reward weights for ``gold_mix_steps`` steps (``pl_module.override_reward_weights``), e.g.
         ``{vote: 0.5, ground_truth: 0.5}``; only where the training prompts have gold answers.
     curriculum_back: move the curriculum one level back (``step_back()`` on the callback that has it).
     """

@@ -96,6 +96,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         self.grad_clip = grad_clip
         self.rollouts, self.base_reward = rollouts, reward
         self.reward = reward
+        self.reward_overrides: dict[str, dict[str, float]] = {}  # owner -> reward weights, oldest first
         if temperature is None:
             temperature = rollouts.sampling.temperature if rollouts is not None else 1.0
         self.micro_batch_prompts, self.temperature = micro_batch_prompts, temperature or 1.0
@@ -150,6 +151,12 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+        checkpoint["reward_overrides"] = [[owner, dict(w)] for owner, w in self.reward_overrides.items()]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.reward_overrides = {owner: dict(w) for owner, w in checkpoint.get("reward_overrides", [])}
+        if self.base_reward is not None:
+            self._apply_reward_overrides()
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch  # prompts are moved to the device as tensors when they are built
@@ -161,12 +168,20 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
             raise RuntimeError("this PolicyModule was built without a rollout stage (rollouts=None)")
         return self.rollouts.engine(self.model, self.tokenizer)
 
-    def set_reward_weights(self, weights: dict[str, float] | None) -> dict[str, float]:
-        """Train on other weights of the same sources (``ground_truth`` allowed); None restores the config's.
-        Returns the weights in force before, so a caller can restore them."""
-        previous = dict(self.reward.weights)
-        self.reward = self.base_reward if weights is None else self.base_reward.with_weights(weights)
-        return previous
+    def override_reward_weights(self, owner: str, weights: dict[str, float] | None) -> None:
+        """Train on other weights of the same sources (``ground_truth`` allowed) for as long as ``owner`` wants;
+        None ends ``owner``'s override. The weights in force are the newest override still set, else the
+        config's, so one owner's change never undoes another's: a curriculum's ground-truth warm-up and a guard's
+        gold mix can overlap and end in any order. Saved in checkpoints, so a resumed run trains on the same."""
+        self.reward_overrides.pop(owner, None)
+        if weights is not None:
+            self.base_reward.with_weights(dict(weights))  # fails now, naming the source, if the weights are wrong
+            self.reward_overrides[owner] = {name: float(w) for name, w in weights.items()}
+        self._apply_reward_overrides()
+
+    def _apply_reward_overrides(self) -> None:
+        newest = next(reversed(self.reward_overrides.values()), None) if self.reward_overrides else None
+        self.reward = self.base_reward if newest is None else self.base_reward.with_weights(newest)
 
     def sync_engine(self) -> None:
         """Send the current weights to the rollout engine (after a rollback restored older ones)."""

@@ -129,7 +129,7 @@ def test_warmup_swaps_in_the_gold_reward_and_back():
     from types import SimpleNamespace
 
     weights, mixtures = [], []
-    policy = SimpleNamespace(set_reward_weights=weights.append)  # the public method the scheduler calls
+    policy = SimpleNamespace(override_reward_weights=lambda owner, w: weights.append(w))  # the public method it calls
     s = scheduler(advance={"kind": "steps", "steps": 1}, gt_warmup_steps=1)
     s._datamodule = SimpleNamespace(set_mixture=mixtures.append)
     s._apply(policy)

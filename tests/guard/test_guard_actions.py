@@ -144,7 +144,7 @@ def test_remedies_without_their_hook_fail_before_training():
     with pytest.raises(ValueError, match=r"curriculum_back=true but no callback has step_back"):
         guard.setup(_Trainer(), object(), "fit")
     guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(gold_mix={"vote": 1.0}, gold_mix_steps=3))
-    with pytest.raises(ValueError, match=r"gold_mix=\{'vote': 1.0\} needs object.set_reward_weights"):
+    with pytest.raises(ValueError, match=r"gold_mix=\{'vote': 1.0\} needs object.override_reward_weights"):
         guard.setup(_Trainer(), object(), "fit")
     with pytest.raises(ValueError, match=r"gold_mix_steps=0; accepted"):
         CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(gold_mix={"vote": 1.0}))
@@ -160,7 +160,7 @@ class _Curriculum(L.Callback):
 
 
 def test_rollback_applies_kl_gold_mix_and_curriculum_remedies(tiny_cfg, tmp_path):
-    """The hooks the remedies call (the module's set_kl_coef / set_reward_weights, a curriculum's step_back)."""
+    """The hooks the remedies call (the module's set_kl_coef / override_reward_weights, a curriculum's step_back)."""
     cfg = tiny_cfg(*QUIET, "guard=rollback", *FIRE_AT_2, "callbacks.guard.cooldown=10", "trainer.max_steps=4",
                    "callbacks.guard.remedy.lr_factor=null", "callbacks.guard.remedy.kl_coef=0.05",
                    "+callbacks.guard.remedy.gold_mix={parity: 0.5, ground_truth: 0.5}",
@@ -168,16 +168,76 @@ def test_rollback_applies_kl_gold_mix_and_curriculum_remedies(tiny_cfg, tmp_path
     module, datamodule, trainer = build(cfg)
     calls = []
     module.set_kl_coef = lambda x: calls.append(("kl", x))
-    module.set_reward_weights = lambda w: calls.append(("weights", w)) or {"parity": 1.0}  # returns the old ones
+    module.override_reward_weights = lambda owner, w: calls.append((owner, w))
     curriculum = _Curriculum()
     trainer.callbacks.append(curriculum)
     trainer.fit(module, datamodule=datamodule)
-    # at step 2: KL up, gold mixed in for one step, curriculum back; at step 3 the old weights return
-    assert calls == [("kl", 0.05), ("weights", {"parity": 0.5, "ground_truth": 0.5}), ("weights", {"parity": 1.0})]
+    # at step 2: KL up, gold mixed in for one step, curriculum back; at step 3 the guard ends its own override
+    assert calls == [("kl", 0.05), ("guard", {"parity": 0.5, "ground_truth": 0.5}), ("guard", None)]
     assert curriculum.backs == 1
     [event] = _events(tmp_path / "run")
     assert event["remedy"] == {"kl_coef": 0.05, "gold_mix": {"weights": {"parity": 0.5, "ground_truth": 0.5},
                                                             "until_step": 3}, "curriculum_back": True}
+
+
+class _RewardWeights(L.Callback):
+    """The reward weights in force for each training step (read before the step: what it trains on)."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.by_step[trainer.global_step + 1] = dict(pl_module.reward.weights)
+
+
+# A two-level climb (level 1 is the top: it never climbs again) moving up after step 1, and a guard that rolls
+# back after step 2 with a gold mix for 2 steps (steps 3 and 4)
+CLIMB_WITH_GUARD = ["experiment=curriculum", *PARITY_REWARD, "callbacks.curriculum.tasks.chain_sum.levels=[0,1]",
+                    "callbacks.curriculum.advance.steps=1", "callbacks.curriculum.evaluate=false",
+                    "data.prompt.shots=[]", "optim.lr=1e-3", "guard=rollback", *FIRE_AT_2,
+                    "callbacks.guard.cooldown=100", "callbacks.guard.remedy.lr_factor=null",
+                    "+callbacks.guard.remedy.gold_mix={parity: 0.5, ground_truth: 0.5}",
+                    "callbacks.guard.remedy.gold_mix_steps=2", "trainer.max_steps=6"]
+CONFIG, GOLD, MIX = {"parity": 1.0}, {"parity": 0.0, "ground_truth": 1.0}, {"parity": 0.5, "ground_truth": 0.5}
+
+
+def _weights_by_step(tiny_cfg, run, *extra):
+    module, datamodule, trainer = build(tiny_cfg(*CLIMB_WITH_GUARD, *extra, run_dir=run))
+    seen = _RewardWeights()
+    trainer.callbacks.append(seen)
+    trainer.fit(module, datamodule=datamodule)
+    [event] = _events(run)
+    assert event["step"] == 2 and event["remedy"]["gold_mix"]["until_step"] == 4
+    return seen.by_step
+
+
+def test_the_curriculums_step_back_does_not_wipe_the_guards_gold_mix(tiny_cfg, tmp_path):
+    """The guard sets its gold mix, then steps the curriculum back; the curriculum then ends only its own
+    override (none here), so steps 3 and 4 train on the gold mix (before: the step back restored the config's)."""
+    seen = _weights_by_step(tiny_cfg, tmp_path / "run", "callbacks.guard.remedy.curriculum_back=true")
+    assert seen == {1: CONFIG, 2: CONFIG, 3: MIX, 4: MIX, 5: CONFIG, 6: CONFIG}
+
+
+def test_a_gold_mix_during_a_warmup_ends_into_the_weights_in_force_then(tiny_cfg, tmp_path):
+    """The guard fires during the curriculum's ground-truth warm-up (steps 2-3); its gold mix, the newest override,
+    wins for steps 3-4; after it, the warm-up is over and the config's weights return (before: the guard restored
+    the warm-up's gold weights it had seen when it fired, for the rest of the run)."""
+    seen = _weights_by_step(tiny_cfg, tmp_path / "run", "callbacks.curriculum.gt_warmup_steps=2")
+    assert seen == {1: CONFIG, 2: GOLD, 3: MIX, 4: MIX, 5: CONFIG, 6: CONFIG}
+
+
+def test_reward_overrides_survive_a_resume(tiny_cfg, tmp_path):
+    """The overrides in force are the module's state, saved in checkpoints: a run resumed mid-mix goes on with it."""
+    straight = _weights_by_step(tiny_cfg, tmp_path / "straight", "callbacks.curriculum.gt_warmup_steps=2")
+    module, datamodule, trainer = build(tiny_cfg(*CLIMB_WITH_GUARD, "callbacks.curriculum.gt_warmup_steps=2",
+                                                 "trainer.max_steps=3", run_dir=tmp_path / "resumed"))
+    trainer.fit(module, datamodule=datamodule)
+    module, datamodule, trainer = build(tiny_cfg(*CLIMB_WITH_GUARD, "callbacks.curriculum.gt_warmup_steps=2",
+                                                 "resume=true", run_dir=tmp_path / "resumed"))
+    seen = _RewardWeights()
+    trainer.callbacks.append(seen)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+    assert seen.by_step == {k: v for k, v in straight.items() if k > 3}
 
 
 @pytest.mark.parametrize("option", ["off", "warn", "stop", "rollback"])
