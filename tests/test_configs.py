@@ -4,13 +4,11 @@ composed config is checked, and by one owner only (one home per key)."""
 from pathlib import Path
 
 import pytest
-
 from omegaconf import OmegaConf
 
 from conftest import CONFIG_DIR
-from srtlab.builder import alias_of
+from srtlab.builder import Builder, alias_of
 from srtlab.settings import recording
-from srtlab.builder import Builder
 from srtlab.train import build_module, check_config
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
