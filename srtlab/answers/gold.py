@@ -17,7 +17,7 @@ import torch
 from srtlab.answers.canonical import ScoreStats, answers_equivalent, normalize_text, parse_answer, parsed_equivalent
 from srtlab.types import Prompt, RolloutBatch
 
-Scorer = Callable[[str | None, dict[str, Any]], float]  # reasoning-gym's score_answer(answer, entry)
+ScoreAnswer = Callable[[str | None, dict[str, Any]], float]  # reasoning-gym's score_answer(answer, entry)
 
 
 def has_gold(prompt: Prompt) -> bool:
@@ -25,7 +25,7 @@ def has_gold(prompt: Prompt) -> bool:
     return prompt.answer is not None
 
 
-def is_correct(answer: str | None, prompt: Prompt, scorer: Scorer | None = None) -> bool:
+def is_correct(answer: str | None, prompt: Prompt, scorer: ScoreAnswer | None = None) -> bool:
     """Whether ``answer`` is right for ``prompt``; False for no answer or no gold answer.
 
     ``"math"`` prompts: math-verify against the gold answer, at a bounded cost (``srtlab.answers.bounds``; any thread).
@@ -50,7 +50,7 @@ class GoldScorer:
     NaN when the prompt has no gold answer; keeps one Reasoning Gym scorer per task."""
 
     def __init__(self) -> None:
-        self._scorers: dict[str, Scorer] = {}  # task name -> reasoning-gym scorer (building one is slow)
+        self._scorers: dict[str, ScoreAnswer] = {}  # task name -> reasoning-gym scorer (building one is slow)
 
     def verdicts(self, rollouts: RolloutBatch, stats: ScoreStats | None = None) -> torch.Tensor:
         """[B*G] 1.0 correct, 0.0 wrong or unreadable, NaN where the prompt has no gold answer; math answers
@@ -73,7 +73,7 @@ class GoldScorer:
         scorer = self._scorer(prompt.task) if prompt.metadata.get("entry") is not None else None
         return [is_correct(a, prompt, scorer) for a in answers]
 
-    def _scorer(self, task: str) -> Scorer:
+    def _scorer(self, task: str) -> ScoreAnswer:
         if task not in self._scorers:
             self._scorers[task] = reasoning_gym.get_score_answer_fn(task)
         return self._scorers[task]
