@@ -98,8 +98,6 @@ class LengthParity:
     """A test reward source: 1.0 for completions whose token ids sum to an even number. It gives the tiny random
     model (which never writes a readable answer) varied rewards, so its groups have advantages and train."""
 
-    name = "parity"
-
     def __call__(self, rollouts, ctx):
         from srtlab.types import RewardOutput
 

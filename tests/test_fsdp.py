@@ -93,8 +93,6 @@ class DumpWeights(L.Callback):
 class RankParity:
     """A test reward: rank 0 rewards even token-id sums, rank 1 odd ones, so the ranks' gradients differ."""
 
-    name = "parity"
-
     def __call__(self, rollouts, ctx):
         import torch.distributed as dist
 

@@ -33,7 +33,7 @@ from srtlab.curriculum.rules import AdvanceRule
 from srtlab.data.prompts import PromptFormat
 from srtlab.eval.heldout import evaluate_prompts
 from srtlab.logs import write_samples
-from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.rewards.ground_truth import GOLD
 from srtlab.seeds import seed_for
 from srtlab.settings import Annotated, boolean, checked, fail, integer, listing, mapping, problem, real, within
 from srtlab.types import PromptBatch
@@ -218,7 +218,7 @@ class CurriculumScheduler(L.Callback):
         """Hand the datamodule the mixture, and the policy the reward weights, of the current state."""
         self._datamodule.set_mixture(self.mixture())
         warming = any(v > 0 for v in self.warmup_left.values())
-        pl_module.override_reward_weights("curriculum", {GroundTruth.name: 1.0} if warming else None)
+        pl_module.override_reward_weights("curriculum", {GOLD: 1.0} if warming else None)
 
     def _folder(self, trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir) / "curriculum"

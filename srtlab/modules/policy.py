@@ -44,11 +44,9 @@ from srtlab.models.parallel import checkpoint_mlps, mark_sharded, shard_model
 from srtlab.modules import ranks
 from srtlab.modules.evaluation import HeldoutLoop
 from srtlab.modules.loss_pass import loss_pass, stored_logprobs
-from srtlab.rewards.base import RunContext
 from srtlab.rewards.mix import RewardMix
 from srtlab.rollout.engine import RolloutEngine
 from srtlab.rollout.rollouts import Rollouts
-from srtlab.seeds import train_seed
 from srtlab.settings import Annotated, checked, integer, real
 from srtlab.types import PromptBatch, RewardOutput, RolloutBatch
 
@@ -233,14 +231,13 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         # 1. generate and score
         engine = self.engine()
         rank = ranks.rank()  # this rank's share of the step (the datamodule's), sampled with its own seed
-        run = RunContext(step=batch.step, seed=train_seed(self.rollouts.seed, batch.step, rank), stage="train",
-                         logits=self.scoring_logits, engine=engine, micro_batch_prompts=self.micro_batch_prompts)
         reward_s = 0.0
 
         def score(rollouts: RolloutBatch) -> RewardOutput:
             nonlocal reward_s
             t = time.perf_counter()
-            out = self.reward(rollouts, run)
+            out = self.reward(rollouts, logits=self.scoring_logits, engine=engine,
+                              micro_batch_prompts=self.micro_batch_prompts)
             reward_s += time.perf_counter() - t
             return out
 

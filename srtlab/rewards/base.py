@@ -30,29 +30,15 @@ class RewardContext:
 
     ``votes`` and ``gold`` are computed once per batch and shared by every source and monitor;
     ``logits`` scores completions with the trainer's weights (confidence); ``engine`` asks the policy
-    a question (self-judge: one more batched call); ``seed`` is this batch's seed for any sampling.
+    a question (self-judge: one more batched call). The caller gives the mix the last three
+    (``RewardMix.__call__``); a source's name is its key under ``reward.sources``.
     """
 
     votes: list[GroupVote]  # [B] the batch's majority votes
     gold: torch.Tensor  # [B*G] the gold verdict (1.0 / 0.0; NaN where a prompt has no gold answer)
-    step: int = 0
-    seed: int = 0
-    stage: str = "train"  # "train" or "val"
     logits: CompletionLogitsFn | None = None
     engine: RolloutEngine | None = None
     micro_batch_prompts: int = 4  # prompts per ``logits`` call
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """The part of a :class:`RewardContext` that the caller knows before the batch exists."""
-
-    step: int = 0
-    seed: int = 0
-    stage: str = "train"
-    logits: CompletionLogitsFn | None = None
-    engine: RolloutEngine | None = None
-    micro_batch_prompts: int = 4
 
 
 @runtime_checkable
@@ -60,9 +46,8 @@ class RewardSource(Protocol):
     """Scores a whole batch at once, because some rewards (majority vote) need the whole group.
 
     Returns ``RewardOutput.rewards`` as a float32 tensor ``[B*G]`` in the batch's group-major order,
-    NaN where the source has no opinion about a completion, plus its own metrics (unprefixed).
+    NaN where the source has no opinion about a completion, plus its own metrics (unprefixed). Its name is its
+    key under ``reward.sources`` (logged as ``train/reward/<name>``).
     """
-
-    name: str
 
     def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput: ...

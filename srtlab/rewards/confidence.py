@@ -98,8 +98,6 @@ class Confidence:
         temperature: the distribution the statistic is taken of (1.0: the model's own).
     """
 
-    name = "confidence"
-
     def __init__(self, kind: Annotated[str, choice(KINDS)] = "self_certainty",
                  normalize: Annotated[str, choice(NORMALIZATIONS)] = "rank",
                  temperature: Annotated[float, real(0, 100, open_low=True)] = 1.0) -> None:

@@ -10,11 +10,11 @@ from srtlab.answers.gold import GoldScorer
 from srtlab.rewards.base import RewardContext
 from srtlab.types import RewardOutput, RolloutBatch
 
+GOLD = "ground_truth"  # the gold monitor's name in every mix (and its key when it is a source)
+
 
 class GroundTruth(GoldScorer):
     """The gold verdicts as a reward source: 1.0 correct, 0.0 wrong or unreadable, NaN without gold."""
-
-    name = "ground_truth"
 
     def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
         return RewardOutput(rewards=ctx.gold.clone())  # the mix computed them once with :meth:`verdicts`

@@ -34,8 +34,6 @@ class Hybrid:
         salt: changes which prompts are labelled, keeping the fraction.
     """
 
-    name = "hybrid"
-
     def __init__(self, labelled_fraction: Annotated[float, real(0, 1)] = 0.5, soft: bool = False,
                  min_agreement: float = 0.0, salt: Annotated[str, text()] = "labelled") -> None:
         # soft and min_agreement are the vote's own settings: MajorityVote checks them

@@ -10,8 +10,9 @@ import torch
 from srtlab.answers.canonical import ScoreStats
 from srtlab.answers.metrics import answer_concentration
 from srtlab.answers.votes import GroupVote, vote_groups
-from srtlab.rewards.base import RewardContext, RewardSource, RunContext
-from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.rewards.base import CompletionLogitsFn, RewardContext, RewardSource
+from srtlab.rewards.ground_truth import GOLD, GroundTruth
+from srtlab.rollout.engine import RolloutEngine
 from srtlab.settings import Annotated, checked, fail, is_real, mapping, real
 from srtlab.types import RewardOutput, RolloutBatch
 
@@ -31,10 +32,10 @@ class RewardMix:
                  abstain_value: Annotated[float, real()] = 0.0) -> None:
         fail(type(self), weight_problems(weights, sources))
         gold = [name for name, source in sources.items() if isinstance(source, GroundTruth)]
-        if not gold and GroundTruth.name in sources:
-            raise ValueError(f"source {GroundTruth.name!r} must be a GroundTruth, the mix's gold monitor")
+        if not gold and GOLD in sources:
+            raise ValueError(f"source {GOLD!r} must be a GroundTruth, the mix's gold monitor")
         self.sources = dict(sources)
-        self.gold_name = gold[0] if gold else GroundTruth.name
+        self.gold_name = gold[0] if gold else GOLD
         self.gold = sources[gold[0]] if gold else GroundTruth()
         self.weights = {name: float(w) for name, w in weights.items()}
         self.abstain_value = abstain_value
@@ -51,13 +52,14 @@ class RewardMix:
             raise ValueError(f"reward weights name unknown sources {sorted(unknown)}; known: {sorted(sources)}")
         return RewardMix(sources, full, self.abstain_value)
 
-    def __call__(self, rollouts: RolloutBatch, run: RunContext | None = None) -> RewardOutput:
-        run = run or RunContext()
+    def __call__(self, rollouts: RolloutBatch, logits: CompletionLogitsFn | None = None,
+                 engine: RolloutEngine | None = None, micro_batch_prompts: int = 4) -> RewardOutput:
+        """Score a batch; ``logits``, ``engine`` and ``micro_batch_prompts``: what sources may use
+        (``RewardContext``)."""
         # 1. what every source shares, computed once: the votes and the gold verdicts
         scoring = ScoreStats()  # answers the bounded comparison refused or timed out: counted, not waited for
         ctx = RewardContext(votes=vote_groups(rollouts, scoring), gold=self.gold.verdicts(rollouts, scoring),
-                            step=run.step, seed=run.seed, stage=run.stage, logits=run.logits, engine=run.engine,
-                            micro_batch_prompts=run.micro_batch_prompts)
+                            logits=logits, engine=engine, micro_batch_prompts=micro_batch_prompts)
         # 2. every source, and the gold monitor when it is not a source
         outputs = {name: self._run(name, source, rollouts, ctx) for name, source in self.sources.items()}
         if self.gold_name not in outputs:

@@ -60,8 +60,6 @@ class SelfJudge:
         show: ``"answer"`` (the extracted answer) or ``"completion"`` (the whole completion text).
     """
 
-    name = "self_judge"
-
     def __init__(self, template: Annotated[str, text()] = DEFAULT_TEMPLATE,
                  verdicts: Annotated[list[str], VERDICTS] = ("Yes", "No"),
                  system: Annotated[str | None, text(null=True)] = None,

@@ -30,8 +30,6 @@ class Teacher:
         labels: the labels file written by ``python -m srtlab label`` (its kept rows are read once).
     """
 
-    name = "teacher"
-
     def __init__(self, labels: Annotated[str, text()]) -> None:
         self.path = labels
         self.labels = {pid: row["label"] for pid, row in read_labels(labels).items() if row.get("label") is not None}

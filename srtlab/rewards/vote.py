@@ -29,8 +29,6 @@ class MajorityVote:
     since the G samples are drawn independently, their order is random and so is the tie-break.
     """
 
-    name = "vote"
-
     def __init__(self, soft: Annotated[bool, boolean()] = False,
                  min_agreement: Annotated[float, real(0, 1)] = 0.0) -> None:
         self.soft = soft

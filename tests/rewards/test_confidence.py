@@ -10,7 +10,6 @@ from conftest import ctx_for
 from srtlab.algorithms.settings import AlgorithmSettings
 from srtlab.models.load import ModelSettings
 from srtlab.modules.policy import PolicyModule
-from srtlab.rewards.base import RunContext
 from srtlab.rewards.confidence import Confidence, normalize_in_groups, sequence_confidence, token_statistics
 from srtlab.rewards.mix import RewardMix
 from srtlab.rewards.vote import MajorityVote
@@ -112,7 +111,7 @@ def test_mix_logs_confidence_even_at_weight_zero(tiny_model_dir):
     batch = _batch()
     batch.prompts = [Prompt(id="a", messages=[], task="t", answer="1"), Prompt(id="b", messages=[], task="t")]
     batch.answers = ["1", "1", "2", None, None, None]
-    out = mix(batch, RunContext(logits=module.scoring_logits))
+    out = mix(batch, logits=module.scoring_logits)
     # ranks in group 0 are a permutation of 0, 0.5, 1 -> mean 0.5; group 1: two ranked (0, 1), one NaN
     assert out.metrics["reward/confidence"] == pytest.approx(0.5)
     assert "agreement/confidence" in out.metrics and "confidence/raw_self_certainty" in out.metrics

@@ -9,7 +9,7 @@ import torch
 from conftest import make_batch
 from srtlab.answers import gold as ground_truth
 from srtlab.answers.gold import is_correct
-from srtlab.rewards.ground_truth import GroundTruth
+from srtlab.rewards.ground_truth import GOLD, GroundTruth
 from srtlab.types import Prompt
 
 NAN = math.nan
@@ -64,7 +64,7 @@ def test_ground_truth_rewards_by_hand(letter_prompt: Prompt) -> None:
     expected = torch.tensor([1, 0, 0, 1, 1, 0, NAN, NAN, NAN])
     torch.testing.assert_close(verdicts, expected, equal_nan=True)
     assert verdicts.dtype == torch.float32
-    assert GroundTruth.name == "ground_truth"
+    assert GOLD == "ground_truth"
 
 
 def test_scorer_is_built_once_per_task(letter_prompt: Prompt, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,8 +17,6 @@ NAN = math.nan
 class Fixed:
     """A reward source that returns fixed rewards, standing in for a judge."""
 
-    name = "judge"
-
     def __init__(self, rewards: list[float]) -> None:
         self.rewards = rewards
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import ctx_for, make_batch
-from srtlab.rewards.base import RunContext
 from srtlab.rewards.mix import RewardMix
 from srtlab.rewards.self_judge import SelfJudge
 from srtlab.rewards.vote import MajorityVote
@@ -98,7 +97,7 @@ def test_judge_messages_with_shots_and_system():
 def test_logged_as_a_monitor_in_the_mix_at_weight_zero(tiny_model_and_tokenizer):
     _, tok = tiny_model_and_tokenizer
     mix = RewardMix({"vote": MajorityVote(), "self_judge": SelfJudge()}, {"vote": 1.0, "self_judge": 0.0})
-    out = mix(make_batch(_prompts(), ["4", "5", "4", "7", "7", None]), RunContext(engine=FixedJudgeEngine(tok)))
+    out = mix(make_batch(_prompts(), ["4", "5", "4", "7", "7", None]), engine=FixedJudgeEngine(tok))
     # judge 0.75 everywhere it has an answer: all count as "says correct"; gold: 1,0,1 and 1,1,(0, no answer)
     assert out.metrics["reward/self_judge"] == pytest.approx(0.75)
     assert out.metrics["agreement/self_judge"] == pytest.approx(4 / 5)  # 5 judged, "5" is wrong
