@@ -71,7 +71,7 @@ def test_scorer_is_built_once_per_task(letter_prompt: Prompt, monkeypatch: pytes
     calls: list[str] = []
     real = reasoning_gym.get_score_answer_fn
 
-    def counting(name: str) -> ground_truth.Scorer:
+    def counting(name: str) -> ground_truth.ScoreAnswer:
         calls.append(name)
         return real(name)
 

@@ -27,7 +27,6 @@ def assert_rewards(actual: torch.Tensor, expected: list[float]) -> None:
 
 def test_is_a_reward_source() -> None:
     assert isinstance(MajorityVote(), RewardSource)
-    assert MajorityVote.name == "vote"
 
 
 def test_hard_vote_by_hand() -> None:
