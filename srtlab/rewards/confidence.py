@@ -32,6 +32,7 @@ import math
 
 import torch
 
+from srtlab.models.forward import micro_batches
 from srtlab.rewards.base import RewardContext
 from srtlab.settings import Annotated, checked, choice, real
 from srtlab.types import RewardOutput, RolloutBatch
@@ -115,11 +116,8 @@ class Confidence:
     @torch.no_grad()
     def raw_values(self, rollouts: RolloutBatch, ctx: RewardContext) -> torch.Tensor:
         """[B*G] raw statistic with the trainer's weights, micro-batched by whole groups."""
-        n, step, out = rollouts.n, max(1, ctx.micro_batch_prompts), []
-        for start in range(0, len(rollouts.prompts), step):
-            groups = range(start, min(start + step, len(rollouts.prompts)))
-            p_ids = [rollouts.prompt_ids[b] for b in groups]
-            c_ids = [rollouts.completion_ids[i] for b in groups for i in range(b * n, (b + 1) * n)]
-            logits, ids, mask = ctx.logits(p_ids, c_ids, n)  # [b*n, T, V]
+        out = []
+        for part in micro_batches(rollouts, list(range(len(rollouts.prompts))), max(1, ctx.micro_batch_prompts)):
+            logits, ids, mask = ctx.logits(part.prompt_ids, part.completion_ids, rollouts.n)  # [b*n, T, V]
             out.append(sequence_confidence(logits.float() / self.temperature, ids, mask, self.kind).cpu())
         return torch.cat(out).float()
