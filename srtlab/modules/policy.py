@@ -199,6 +199,10 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         """:func:`srtlab.models.forward.token_logprobs` with this policy's padding and temperature."""
         return token_logprobs(model, prompt_ids, completion_ids, n, self.tokenizer.pad_token_id, self.temperature)
 
+    def policy_logprobs(self, prompt_ids, completion_ids, n) -> TokenLogprobs:
+        """The trained policy's :meth:`token_logprobs` (a ``LogprobFn``: what the loss pass and the probe take)."""
+        return self.token_logprobs(self.model, prompt_ids, completion_ids, n)
+
     def reference_logprobs(self, prompt_ids, completion_ids, n) -> torch.Tensor:
         with torch.no_grad():
             if self.reference is not None:
@@ -253,7 +257,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
 
         # 5. weight sync into the engine, then the probe (the next step samples from these weights)
         self.rollouts.sync(self.model)
-        probe = self.rollouts.check(lambda p, c, n: self.token_logprobs(self.model, p, c, n), batch.prompts, batch.step)
+        probe = self.rollouts.check(self.policy_logprobs, batch.prompts, batch.step)
         t3 = time.perf_counter()
 
         # 6. log (over all ranks: ``stats`` is global already, the rest is this rank's), samples
@@ -288,7 +292,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         updates = [part for _ in range(algo.ppo_epochs) for part in parts if part]
         old = None
         if len(updates) > 1:
-            old = stored_logprobs(r, lambda p, c, n: self.token_logprobs(self.model, p, c, n), self.micro_batch_prompts)
+            old = stored_logprobs(r, self.policy_logprobs, self.micro_batch_prompts)
         totals: dict[str, list[float]] = {}
         for i, part in enumerate(updates):
             opt.zero_grad()
@@ -313,7 +317,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         """Forward and ``backward(loss)`` over micro-batches of whole groups (``srtlab.modules.loss_pass``)."""
         every = self.algorithm.kl_coef > 0  # the KL term has a gradient in unanimous groups too
         max_tokens = self.algorithm.max_tokens or (self.rollouts.sampling.max_new_tokens if self.rollouts else None)
-        return loss_pass(r, adv, lambda p, c, n: self.token_logprobs(self.model, p, c, n),
+        return loss_pass(r, adv, self.policy_logprobs,
                          self.reference_logprobs if self.algorithm.kl_coef > 0 else None, self.algorithm,
                          self.micro_batch_prompts, backward, max_tokens=max_tokens, groups=groups,
                          train_every_group=every, old=old, measure_skipped=measure_skipped)
