@@ -71,7 +71,7 @@ class RetryEvaluation(L.Callback):
     """Adds held-out accuracy with and without a retry to every evaluation (``callbacks.retry_eval``).
 
     At the end of each evaluation, runs :func:`evaluate_retry` on every held-out set with the
-    rollout callback's engine and adds ``val/<set>/r3_<metric>`` to the evaluation's metrics (so the
+    policy's engine and adds ``val/<set>/r3_<metric>`` to the evaluation's metrics (so the
     before/after table of ``fit`` and the output of ``eval`` show them); writes every sample to
     ``<run_dir>/samples/<set>_r3_step<N>.jsonl``. The seeds depend only on (seed, set), so evaluations
     before and after training see the same randomness.

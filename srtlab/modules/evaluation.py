@@ -1,4 +1,4 @@
-"""The policy's held-out evaluation: Lightning's validation loop, as a part of :class:`PolicyModule`.
+"""The policy's held-out evaluation: Lightning's validation loop, as a part of :class:`srtlab.modules.policy.PolicyModule`.
 
 Each validation batch is sampled with the rollout stage and scored by gold (``srtlab.eval.heldout``);
 at the end of the evaluation every rank's batches are gathered in the one-process order, so N ranks

@@ -34,8 +34,9 @@ The run's reward mix always scores the first attempts, so the usual monitors (``
 
 Simplifications: the paper samples one first attempt per task (ground truth needs only one; the vote
 needs several, so both signals use ``attempts``); a step where no attempt fails trains nothing (its
-batch carries the first attempts with zero reward and an all-zero mask). :meth:`ReflectRetry.evaluate`
-and :class:`RetryEvaluation` measure held-out accuracy with and without a retry, always by the gold answer.
+batch carries the first attempts with zero reward and an all-zero mask). 
+:func:`srtlab.eval.retry.evaluate_retry` (every evaluation, through :class:`srtlab.eval.retry.RetryEvaluation`)
+measures held-out accuracy with and without a retry, always by the gold answer.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class VLLMEngine:
     """Samples with a colocated ``vllm.LLM`` loaded from the policy's model folder.
 
     Args:
-        model, tokenizer: the policy and its tokenizer (the callback passes them); the policy's weights
+        model, tokenizer: the policy and its tokenizer (the rollout stage passes them); the policy's weights
             are pushed after every optimizer step, LoRA merged, so vLLM runs the base architecture.
         model_path: the policy's ``model.path`` (a built-in name or a model folder).
         answer_style: how answers are extracted from completions (see ``srtlab.answers.extract``).
