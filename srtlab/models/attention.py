@@ -1,13 +1,11 @@
 """Attention for the sampling copy: single-token decode as two small matmuls, everything else by SDPA.
 
 ``transformers`` runs decode attention (one new token per row against the cached keys) through torch's
-scaled-dot-product attention. On the CPU that picks the flash kernel, which is tuned for long queries: in
-a profile of the default step's ``generate`` call (64 rows, ~110 cached tokens, 9 query heads on 3
-key/value heads) it took 0.75 ms per layer and step, 17% of the call. Written out (the query heads that
-share a key/value head as the rows of one matmul, so nothing is repeated or copied), the same attention is
-a [3 x 64] by [64 x L] product per row and head group, in the model's dtype with the softmax in float32
-(the sync probe's median difference to the fp32 trainer stays 0.013 nats per token, as with SDPA; float32
-matmuls were as exact as the kernel but cost copies of the cache). Every other case (prompts, training,
+scaled-dot-product attention. On the CPU that picks the flash kernel, which is tuned for long queries and slow
+on one query per row (docs/scale.md has the profile). Written out (the query heads that share a key/value head
+as the rows of one matmul, so nothing is repeated or copied), the same attention is a [groups x d] by [d x L]
+product per row and head group, in the model's dtype with the softmax in float32 (as exact as SDPA against the
+fp32 trainer, by the sync probe; float32 matmuls cost copies of the cache). Every other case (prompts, training,
 gradients, dropout) goes to ``transformers``' own SDPA function unchanged.
 
 Registered with ``transformers``' ``AttentionInterface`` under :data:`NAME`; the engine sets it on its own

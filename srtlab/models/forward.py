@@ -28,12 +28,9 @@ MATH_ATTENTION_MAX_LEN = 192
 
 def attention_backend(device: torch.device, length: int = 0):
     """The scaled-dot-product attention kernel for ``device`` and sequences of ``length`` positions: the
-    plain (math) kernel on the CPU for short sequences, the library's choice elsewhere. On a 2-core CPU,
-    torch's CPU flash-attention kernel made the training pass of the default step (sequences of ~120
-    tokens; ``experiments/bench_step.py``) about 1.7x slower than the math kernel. The math kernel keeps
-    every [T x T] attention matrix for backward, so it loses beyond ~200 positions (forward + backward of
-    8 completions after a 113-token prompt, one thread: 64 new tokens math 4.2 s / flash 4.6 s; 128:
-    8.4 / 7.9 s; 256: 22.6 / 18.4 s and 5.7 / 5.1 GiB; 2 x 1,024: 42.7 / 21.8 s and 7.1 / 5.1 GiB)."""
+    plain (math) kernel on the CPU for short sequences, the library's choice elsewhere. On a 2-core CPU the math
+    kernel trains short sequences faster than torch's CPU flash kernel, but it keeps every [T x T] attention
+    matrix for backward, so it loses beyond ~200 positions (the figures: docs/scale.md)."""
     if device.type == "cpu" and length <= MATH_ATTENTION_MAX_LEN:
         return sdpa_kernel(SDPBackend.MATH)
     return contextlib.nullcontext()

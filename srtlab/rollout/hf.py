@@ -1,10 +1,9 @@
 """Hugging Face ``generate`` engine, in process: a bf16 sampling copy of the policy (the default), or the
 policy itself.
 
-With ``dtype=null`` the engine samples with the policy module itself. With ``dtype="bfloat16"`` (the shipped
-default, configs/rollout/hf.yaml) it keeps a bf16 copy of the policy for sampling instead (measured on a
-2-core AVX512-BF16 CPU: bf16 matmuls 3.4x faster) and receives the new weights tensor by tensor after each
-optimizer step, as vLLM does. The trainer then scores the samples with its own fp32 weights, as with any
+With ``dtype=null`` the engine samples with the policy module itself. With ``dtype="bfloat16"`` it keeps a bf16
+copy of the policy for sampling instead (faster where the device computes bf16 natively; docs/scale.md has
+the figures) and receives the new weights tensor by tensor after each optimizer step, as vLLM does. The trainer then scores the samples with its own fp32 weights, as with any
 separate inference engine.
 
 The prompt is prefilled once per prompt and its KV cache copied G times, instead of prefilling the same
@@ -43,8 +42,8 @@ class Sampler(LogitsProcessor):
     """Samples the next token itself and records its log-prob; ``generate`` then runs greedy on its choice.
 
     Why: ``generate``'s own sampling (``torch.multinomial``) draws an exponential variate for every
-    vocabulary entry of every row: 64 rows x 49,152 tokens cost 46-63 ms per decode step on a 2-core CPU,
-    more than the step's matmuls. The draw here is the same exponential race (the next token is
+    vocabulary entry of every row, which on a CPU costs more than the decode step's matmuls (docs/scale.md,
+    "Why the code is as it is"). The draw here is the same exponential race (the next token is
     ``argmin_i E_i / p_i``, ``E_i ~ Exp(1)``), run in two rounds (:func:`race`): blocks of ``block`` tokens
     race with their summed probability, then the tokens of the winning block. The first of independent
     exponential clocks is itself exponential with the summed rate and is each clock with probability
@@ -182,15 +181,15 @@ class HFEngine:
         pad = self.tokenizer.pad_token_id
         ids, mask = left_pad(prompt_ids, pad)  # [b, P]
         ids_n, mask_n = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)  # [b*n, P]
-        # A preallocated cache: DynamicCache concatenates every layer's keys at every step, which
-        # measured as 80% of a CPU decode step at batch 64.
+        # A preallocated cache: DynamicCache concatenates every layer's keys at every step (most of a CPU decode
+        # step at batch 64: docs/scale.md).
         cache = StaticCache(config=self.model.config, max_cache_len=ids.shape[1] + s.max_new_tokens)
         if self.share_prefill and ids.shape[1] > 1:
             prefill = DynamicCache(config=self.model.config)
             positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
             # Its own sampling copy runs the decoder alone: the prefill's logits are not used, and the head on
-            # a [b, 1, d] slice ran as a batched matmul over a copy of the [d, V] weight per prompt (270 ms of a
-            # 1.3 s call). The shared policy runs whole: under FSDP only the root module gathers the shards.
+            # a [b, 1, d] slice ran as a batched matmul over a copy of the [d, V] weight per prompt (docs/scale.md).
+            # The shared policy runs whole: under FSDP only the root module gathers the shards.
             if self.shares_policy:
                 self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
                            use_cache=True, logits_to_keep=1, **{CACHE: prefill})
