@@ -67,6 +67,7 @@ def build_module(cfg: DictConfig, builder: Builder | None = None):
 
 def build(cfg: DictConfig, with_checkpoints: bool = True):
     """-> (module, datamodule, trainer) from the config."""
+    _quiet_lightning()
     builder = Builder(cfg)
     module = build_module(cfg, builder)
     datamodule = builder("data")
@@ -94,6 +95,21 @@ _QUIET = ["Experiment logs directory .* exists", "You have overridden `transfer_
           "Your `IterableDataset` has `__len__` defined"]
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertisement of its cloud logger, printed on every run (``💡 Tip: ... litlogger``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    for pattern in _QUIET:
+        warnings.filterwarnings("ignore", message=pattern)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoTips())
+
+
 def _progress_bar() -> L.Callback:
     from lightning.pytorch.callbacks import RichProgressBar
 
@@ -118,8 +134,7 @@ def check_or_exit(cfg: DictConfig) -> None:
 def prepare_run(cfg: DictConfig) -> Path:
     """Check the config (exit 2 with one-line messages when it is wrong), then set threads and seeds and create
     the run folder with the resolved ``config.yaml``; -> the run folder. Every task starts here."""
-    for pattern in _QUIET:
-        warnings.filterwarnings("ignore", message=pattern)
+    _quiet_lightning()
     check_or_exit(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)

@@ -22,11 +22,12 @@ def _metrics(run_dir):
         return list(csv.DictReader(f))
 
 
-def test_fit_runs_logs_evaluates_and_checkpoints(tiny_cfg, tmp_path):
+def test_fit_runs_logs_evaluates_and_checkpoints(tiny_cfg, tmp_path, caplog):
     run = tmp_path / "run"
     cfg = tiny_cfg("experiment=srt", *PARITY_REWARD, run_dir=run)
     task = cfg.data.task  # the demo's task (configs/experiment/srt.yaml)
     results = fit(cfg)
+    assert "GPU available" in caplog.text and "litlogger" not in caplog.text  # Lightning's notes, not its adverts
     assert results["steps"] == 2
     assert {f"val/{task}/mean@2", f"val/{task}/maj@2", f"val/{task}/pass@2"} <= set(
         results["before"]) and set(results["before"]) == set(results["after"])
