@@ -1,6 +1,7 @@
-"""The policy's held-out evaluation: Lightning's validation loop, as a part of :class:`srtlab.modules.policy.PolicyModule`.
+"""The policy's held-out evaluation: Lightning's validation loop, as a part of
+:class:`srtlab.modules.policy.PolicyModule`.
 
-Each validation batch is sampled with the rollout stage and scored by gold (``srtlab.eval.heldout``);
+Each validation batch is sampled with the rollout stage and scored by gold (``srtlab.answers.metrics``);
 at the end of the evaluation every rank's batches are gathered in the one-process order, so N ranks
 report what one process would, and rank 0 writes the samples.
 """

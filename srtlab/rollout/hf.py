@@ -3,8 +3,8 @@ policy itself.
 
 With ``dtype=null`` the engine samples with the policy module itself. With ``dtype="bfloat16"`` it keeps a bf16
 copy of the policy for sampling instead (faster where the device computes bf16 natively; docs/scale.md has
-the figures) and receives the new weights tensor by tensor after each optimizer step, as vLLM does. The trainer then scores the samples with its own fp32 weights, as with any
-separate inference engine.
+the figures) and receives the new weights tensor by tensor after each optimizer step, as vLLM does. The
+trainer then scores the samples with its own fp32 weights, as with any separate inference engine.
 
 The prompt is prefilled once per prompt and its KV cache copied G times, instead of prefilling the same
 prompt G times (what ``num_return_sequences`` does); the completions are then sampled by ``model.generate``
