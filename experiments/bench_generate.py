@@ -35,6 +35,7 @@ from srtlab.algorithms.advantages import compute_advantages
 from srtlab.builder import Builder
 from srtlab.perf import ModelShape, generate_work, measure_bandwidth, measure_matmul_flops, train_work
 from srtlab.rollout.engine import SamplingSettings
+from srtlab.models.precision import trainer_precision
 from srtlab.train import register_resolvers
 from srtlab.types import RolloutBatch
 
@@ -58,6 +59,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *args.overrides])
     module = policy_from(cfg)
+    precision = trainer_precision(cfg.trainer.precision, cfg.trainer.get("accelerator"))  # auto: what pays here
     dm = Builder(cfg)("data")
     dm.setup()
     engine = module.rollouts.make_engine(model=module.model, tokenizer=module.tokenizer)
@@ -87,7 +89,7 @@ def main() -> None:
                   f"roofline {floor:6.2f} s ({tokens / floor:7.0f} tokens/s)  ratio {took / floor:4.1f}x")
 
     print("training pass (1 prompt x 8 completions of fixed length, forward + backward)")
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if str(cfg.trainer.precision).startswith("bf16")
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16")
                 else contextlib.nullcontext())
     prompt = dm.train.prompts[0]
     prompt_ids = engine.generate([prompt], 1, SamplingSettings(max_new_tokens=1), seed=0).prompt_ids

@@ -37,6 +37,7 @@ from srtlab.data.datamodule import PromptStream
 from srtlab.modules.policy import PolicyModule
 from srtlab.perf import ModelShape, generate_work, measure_bandwidth, measure_matmul_flops, train_work
 from srtlab.rollout.sync import LogprobProbe, policy_weights
+from srtlab.models.precision import trainer_precision
 from srtlab.train import build_module, register_resolvers
 
 
@@ -70,6 +71,7 @@ def main() -> None:
         cfg = compose("fit", overrides=["experiment=srt", "run_dir=/tmp/srtlab-bench", *engine_overrides,
                                         *args.overrides])
     module = policy_from(cfg)
+    precision = trainer_precision(cfg.trainer.precision, cfg.trainer.get("accelerator"))  # auto: what pays here
     opt = module.make_optimizer([p for p in module.model.parameters() if p.requires_grad])  # the configured one
     dm = Builder(cfg)("data")
     dm.setup()
@@ -78,7 +80,7 @@ def main() -> None:
     start_s = time.perf_counter() - t_start
     probe = LogprobProbe(prompts=2, tokens=8, max_median_diff=float("inf"))
     reward, sampling = module.reward, module.rollouts.sampling
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if str(cfg.trainer.precision).startswith("bf16")
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16")
                 else contextlib.nullcontext())
     stream = iter(PromptStream(dm.train.prompts, cfg.data.batch_size, cfg.seed))  # plain dicts, not DictConfigs
 
@@ -86,7 +88,7 @@ def main() -> None:
     tokens_per_s, active, probe_diffs = [], [], []
     works: dict[str, list] = {"generate": [], "train": []}
     shape = ModelShape.of(module.model)
-    bf16_train = str(cfg.trainer.precision).startswith("bf16")
+    bf16_train = precision.startswith("bf16")
     for step in range(args.steps + 1):
         batch = next(stream)
         t0 = time.perf_counter()
@@ -124,9 +126,10 @@ def main() -> None:
               "bandwidth": args.bandwidth or measure_bandwidth()}
     engine_desc = (f"engine=vllm dtype={cfg.rollout.engine.dtype} enforce_eager={cfg.rollout.engine.enforce_eager}"
                    if args.engine == "vllm" else
-                   f"engine=hf dtype={cfg.rollout.engine.dtype}, share_prefill={cfg.rollout.engine.share_prefill}")
+                   f"engine=hf dtype={cfg.rollout.engine.dtype} (sampling in {next(engine.model.parameters()).dtype}), "
+                   f"share_prefill={cfg.rollout.engine.share_prefill}")
     print(f"SRT step: {cfg.data.batch_size} prompts x {cfg.rollout.n} samples, {cfg.model.path}, {engine_desc}, "
-          f"precision={cfg.trainer.precision}, threads={torch.get_num_threads()}, {args.steps} steps")
+          f"precision={precision}, threads={torch.get_num_threads()}, {args.steps} steps")
     for key, values in times.items():
         print(f"  {key:9s} median {statistics.median(values):7.2f} s   (min {min(values):.2f}, max {max(values):.2f})")
     print(f"  generation tokens/s median {statistics.median(tokens_per_s):.0f}")

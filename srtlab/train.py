@@ -23,6 +23,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from srtlab.builder import Builder
+from srtlab.models.precision import trainer_precision
 from srtlab.validate import CONFIG_ERROR_EXIT, ConfigError, check_config
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ def build(cfg: DictConfig, with_checkpoints: bool = True):
                                          every_n_train_steps=cfg.checkpoint_every, save_top_k=0, save_last=True))
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(_progress_bar())
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger))
+    precision = trainer_precision(cfg.trainer.precision, cfg.trainer.get("accelerator"))  # auto: what pays here
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate(cfg.logger), precision=precision)
     return module, datamodule, trainer
 
 

@@ -85,7 +85,7 @@ def trainer_rules() -> dict[str, Rule]:
     """Lightning Trainer arguments as the configs use them; any other Trainer argument is Lightning's to check."""
     return {
         "accelerator": choice(("cpu", "gpu", "cuda", "mps", "tpu", "auto")), "devices": DEVICES,
-        "num_nodes": integer(1), "precision": choice(_precisions()), "max_steps": integer(1),
+        "num_nodes": integer(1), "precision": choice(["auto", *_precisions()]), "max_steps": integer(1),
         "val_check_interval": integer(1, null=True), "check_val_every_n_epoch": integer(1, null=True),
         "num_sanity_val_steps": integer(-1), "log_every_n_steps": integer(1), "enable_progress_bar": boolean(),
         "enable_model_summary": boolean(), "default_root_dir": text(),

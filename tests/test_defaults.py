@@ -1,6 +1,6 @@
-"""What the README promises, under the shipped defaults: the bf16 sampling copy (``rollout.engine.dtype:
-bfloat16``) and ``trainer.precision: bf16-mixed``, not the float32 ``dtype=null`` / ``32-true`` that the
-other end-to-end tests use. Exact resume (clean stop, ``kill -9``, ``resume=true`` finding the newest
+"""What the README promises, under the shipped precision where bf16 is native (the bf16 sampling copy and
+``bf16-mixed`` training, which ``auto`` picks on a GPU or an AVX512-BF16 CPU; forced here, so the path is tested on
+any CPU), not the float32 ``dtype=null`` / ``32-true`` that the other end-to-end tests use. Exact resume (clean stop, ``kill -9``, ``resume=true`` finding the newest
 run), ``eval ckpt_path=`` really loading the weights, a fit with the majority vote itself, and
 ``top_k`` / stop strings in sampling.
 """
@@ -19,8 +19,9 @@ from srtlab.plot import read_metrics
 from srtlab.train import evaluate, fit
 
 REPO = Path(__file__).resolve().parents[1]
-# The tiny settings without the two float32 overrides: the shipped precision defaults apply.
-DEFAULTS = [o for o in TINY_OVERRIDES if o not in ("rollout.engine.dtype=null", "trainer.precision=32-true")]
+# The tiny settings with the bf16 path forced instead of the two float32 overrides.
+DEFAULTS = [*(o for o in TINY_OVERRIDES if o not in ("rollout.engine.dtype=null", "trainer.precision=32-true")),
+            "rollout.engine.dtype=bfloat16", "trainer.precision=bf16-mixed"]
 TRAIN = ["eval_before=false", "eval_after=false", "trainer.val_check_interval=100", "optim.lr=1e-3",
          "rollout.sampling.temperature=1.0"]
 
@@ -39,9 +40,27 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(b["state_dict"][k], v, rtol=0, atol=0)
 
 
-def test_shipped_defaults_are_the_bf16_ones(tiny_model_dir, tmp_path):
-    cfg = _cfg(tiny_model_dir, tmp_path / "run")
-    assert cfg.rollout.engine.dtype == "bfloat16" and cfg.trainer.precision == "bf16-mixed"
+def test_shipped_precision_follows_the_machine(tiny_model_dir, tmp_path, monkeypatch):
+    """``auto``: bf16 sampling copy and bf16-mixed training where bf16 matmuls are native, fp32 where they are not
+    (an AVX2 CPU runs them ~150x slower)."""
+    from srtlab.models import precision
+    from srtlab.rollout.hf import HFEngine
+    from srtlab.train import build
+
+    shipped = [o for o in TINY_OVERRIDES if o not in ("rollout.engine.dtype=null", "trainer.precision=32-true")]
+    cfg = compose_config("fit", [f"model.path={tiny_model_dir}", f"run_dir={tmp_path / 'run'}", *shipped])
+    assert cfg.rollout.engine.dtype == "auto" and cfg.trainer.precision == "auto"
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    real = precision.fast_bf16
+    for native, (trained, sampled) in ((True, ("bf16-mixed", torch.bfloat16)), (False, ("32-true", torch.float32))):
+        monkeypatch.setattr(precision, "fast_bf16", lambda device_type="cpu", native=native: native)
+        assert build(cfg, with_checkpoints=False)[2].precision == trained
+        engine = HFEngine(model, tok, dtype="auto")
+        assert next(engine.model.parameters()).dtype == sampled and engine.shares_policy == (not native)
+    measured = real.__wrapped__("cpu")  # the real question, answered by timing one matmul in each dtype
+    assert isinstance(measured, bool)
 
 
 def test_resume_after_a_clean_stop_is_exact(tiny_model_dir, tmp_path):

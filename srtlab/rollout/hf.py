@@ -32,6 +32,7 @@ from srtlab.answers.extract import ANSWER_STYLES, extract_answer
 from srtlab.models.attention import NAME as DECODE_ATTENTION
 from srtlab.models.forward import CACHE, left_pad
 from srtlab.models.load import DTYPES
+from srtlab.models.precision import AUTO, sampling_dtype
 from srtlab.rollout.engine import SamplingSettings, eos_ids, render_messages, resolve_prompt_ids
 from srtlab.seeds import seed_for
 from srtlab.settings import Annotated, boolean, checked, choice, integer
@@ -125,15 +126,17 @@ class HFEngine:
         answer_style: how answers are extracted from completions (see ``srtlab.answers.extract``).
         prompts_per_call: prompts generated together in one ``generate`` call (memory bound).
         share_prefill: prefill each prompt once and copy its cache to the G samples.
-        dtype: a dtype name for a separate sampling copy of the policy (synced after every step), or None to
-            sample with the policy module itself.
+        dtype: a dtype name for a separate sampling copy of the policy (synced after every step), None to
+            sample with the policy module itself, or ``auto``: a bf16 copy where bf16 is native on the policy's
+            device, else the policy itself (``srtlab.models.precision``).
     """
 
     def __init__(self, model, tokenizer, answer_style: Annotated[str, choice(ANSWER_STYLES)] = "auto",
                  prompts_per_call: Annotated[int, integer(1)] = 8, share_prefill: Annotated[bool, boolean()] = True,
-                 dtype: Annotated[str | None, choice(DTYPES, null=True)] = None) -> None:
+                 dtype: Annotated[str | None, choice([*DTYPES, AUTO], null=True)] = None) -> None:
         self.policy = model
         self.model = model
+        dtype = sampling_dtype(dtype, model)
         if dtype is not None and getattr(torch, dtype) != next(model.parameters()).dtype:
             sampler = copy.deepcopy(model)
             if hasattr(sampler, "merge_and_unload"):  # LoRA: a plain model (the copy, never the policy, is merged)
