@@ -33,9 +33,9 @@ from hydra import compose, initialize_config_dir
 from srtlab import config_dir
 from srtlab.algorithms.advantages import compute_advantages
 from srtlab.builder import Builder
+from srtlab.models.precision import trainer_precision
 from srtlab.perf import ModelShape, generate_work, measure_bandwidth, measure_matmul_flops, train_work
 from srtlab.rollout.engine import SamplingSettings
-from srtlab.models.precision import trainer_precision
 from srtlab.train import register_resolvers
 from srtlab.types import RolloutBatch
 

@@ -34,10 +34,10 @@ from srtlab import config_dir
 from srtlab.algorithms.advantages import compute_advantages
 from srtlab.builder import Builder
 from srtlab.data.datamodule import PromptStream
+from srtlab.models.precision import trainer_precision
 from srtlab.modules.policy import PolicyModule
 from srtlab.perf import ModelShape, generate_work, measure_bandwidth, measure_matmul_flops, train_work
 from srtlab.rollout.sync import LogprobProbe, policy_weights
-from srtlab.models.precision import trainer_precision
 from srtlab.train import build_module, register_resolvers
 
 
