@@ -15,20 +15,28 @@ from conftest import TINY_OVERRIDES
 REPO = Path(__file__).resolve().parents[1]
 
 
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+
+
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """The repo's wheel (no dependencies) installed into a clean ``--target`` folder."""
+def wheel(tmp_path_factory) -> Path:
+    """The repo's wheel, built from a copy (so no stale build/ folder of the repo's own ends up in it)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"  # a copy, so no stale build/ folder of the repo's own ends up in the wheel
+    src = tmp / "src"
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "outputs", "*.egg-info",
                                                              "__pycache__", "wandb"))
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
+    subprocess.run([*PIP, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
                    check=True, capture_output=True)
-    (wheel,) = (tmp / "dist").glob("srtlab-*.whl")
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp / "site"), str(wheel)], check=True,
-                   capture_output=True)
-    return tmp / "site"
+    (built,) = (tmp / "dist").glob("srtlab-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """The wheel (no dependencies) installed into a clean ``--target`` folder."""
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run([*PIP, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
+    return site
 
 
 def _srtlab(site: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -62,3 +70,45 @@ def test_wheel_fits_with_the_users_config_dir(installed, tmp_path, tiny_model_di
     assert json.loads((run / "results.json").read_text())["steps"] == 1
     config = (run / "config.yaml").read_text()
     assert "name: mine" in config and "advantage: grpo" in config
+
+
+def test_plain_fit_from_the_installed_wheel_runs_the_up_front_check(installed, tmp_path, tiny_model_dir):
+    """No ``--cfg``, no ``--config-dir``: the command line's own check reads the configs the wheel ships (it read the
+    repo's configs/ folder, which an installed package does not have), and a bad value still stops it."""
+    common = [f"model.path={tiny_model_dir}", *TINY_OVERRIDES, "trainer.max_steps=1", "eval_before=false"]
+    out = _srtlab(installed, "fit", "experiment=srt", *common, "eval_after=false", f"run_dir={tmp_path / 'run'}",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 1
+    bad = _srtlab(installed, "fit", "experiment=srt", *common, "rollout.n=1", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == "config error: rollout.n=1; accepted: an integer >= 2"
+
+
+@pytest.mark.slow
+def test_wheel_in_a_fresh_environment_fits_and_evaluates_from_an_empty_folder(wheel, tmp_path):
+    """As a user runs it: the wheel installed into a new virtual environment (its dependencies are this one's,
+    read through a .pth file, so nothing is downloaded), then plain ``fit`` and ``eval`` of the built-in model
+    from an empty folder, no flags."""
+    import site
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    deps = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    (Path(own) / "dependencies.pth").write_text("\n".join(deps) + "\n")  # not their .pth files: no editable srtlab
+    subprocess.run([*PIP, "install", "--no-deps", "--target", own, str(wheel)], check=True, capture_output=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SRTLAB_COMMAND")}
+    where = subprocess.run([str(python), "-c", "import srtlab; print(srtlab.__file__)"], capture_output=True,
+                           text=True, cwd=empty, env=env, check=True).stdout
+    assert where.startswith(own)  # the installed wheel, not the repo
+    for command in ("fit", "eval"):
+        out = subprocess.run([str(python), "-m", "srtlab", command, "experiment=srt", "debug=fast_dev"],
+                             capture_output=True, text=True, cwd=empty, env=env, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "run folder: outputs/" in out.stdout
+    runs = sorted((empty / "outputs").rglob("results.json"))
+    assert len(runs) == 2 and json.loads(runs[0].read_text())  # fit's and eval's
