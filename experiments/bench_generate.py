@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--new", type=_ints, default=[32, 256], help="new tokens per sequence, comma-separated")
     parser.add_argument("--train", type=_ints, default=[256], help="completion lengths to train, comma-separated")
     parser.add_argument("--repeats", type=int, default=1, help="measured calls per point (after one warm-up)")
+    parser.add_argument("--peak-sampling", type=float, help="matmul FLOP/s in the sampling dtype (default: measured)")
+    parser.add_argument("--peak-train", type=float, help="matmul FLOP/s in the training precision (default: measured)")
+    parser.add_argument("--bandwidth", type=float, help="memory bandwidth, bytes/s (default: measured)")
     parser.add_argument("overrides", nargs="*", help="fit config overrides")
     args = parser.parse_args()
     register_resolvers()
@@ -65,11 +68,15 @@ def main() -> None:
     engine = module.rollouts.make_engine(model=module.model, tokenizer=module.tokenizer)
     base = module.rollouts.sampling
     n = cfg.rollout.n
-    peak = measure_matmul_flops(torch.bfloat16)
-    bandwidth = measure_bandwidth()
+    sampling_dtype = next(engine.model.parameters()).dtype
+    train_dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    peak = args.peak_sampling or measure_matmul_flops(sampling_dtype)  # the dtypes that run, not bf16 by default:
+    train_peak = args.peak_train or measure_matmul_flops(train_dtype)  # an AVX2 CPU runs bf16 ~150x slower
+    bandwidth = args.bandwidth or measure_bandwidth()
     shape = ModelShape.of(module.model)
-    print(f"machine: bf16 matmul {peak / 1e12:.2f} TFLOP/s, memory {bandwidth / 1e9:.1f} GB/s; "
-          f"threads={torch.get_num_threads()}, engine dtype={cfg.rollout.engine.dtype}")
+    print(f"machine: {sampling_dtype} matmul {peak / 1e12:.2f} TFLOP/s (sampling), {train_dtype} "
+          f"{train_peak / 1e12:.2f} TFLOP/s (training), memory {bandwidth / 1e9:.1f} GB/s; "
+          f"threads={torch.get_num_threads()}, engine dtype={cfg.rollout.engine.dtype}, precision={precision}")
 
     print("generation (one call, fixed lengths)")
     for rows in args.rows:
@@ -110,7 +117,7 @@ def main() -> None:
         ops = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in ops)
         softmax = sum(e.self_cpu_time_total for e in ops if "log_softmax" in e.key)
-        floor = train_work(shape, [len(p) for p in prompt_ids], [[length] * n]).roofline_s(peak, bandwidth)
+        floor = train_work(shape, [len(p) for p in prompt_ids], [[length] * n]).roofline_s(train_peak, bandwidth)
         print(f"  {n} x {length:5d} tokens: {took:6.2f} s  roofline {floor:5.2f} s  ratio {took / floor:4.1f}x  "
               f"log_softmax (fwd + bwd) {100 * softmax / total:4.1f}% of CPU time  peak RSS so far "
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB")

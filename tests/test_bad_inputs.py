@@ -43,7 +43,7 @@ TABLE = [
     ("fit", ["rollout.n=1"], "rollout.n=1; accepted: an integer >= 2"),
     ("fit", ["rollout.n=4.0"], "rollout.n=4.0; accepted: an integer >= 2"),
     ("fit", ["rollout.val_n=0"], "rollout.val_n=0; accepted: an integer >= 1"),
-    ("fit", ["rollout.engine.dtype=half"], "rollout.engine.dtype='half'; accepted: float32, bfloat16, float16, or null"),
+    ("fit", ["rollout.engine.dtype=half"], "rollout.engine.dtype='half'; accepted: float32, bfloat16, float16, auto, or null"),
     # sampling
     ("fit", ["rollout.sampling.temperature=hot"], "rollout.sampling.temperature='hot'; accepted: a number in [0, 100]"),
     ("fit", ["rollout.sampling.temperature=-1"], "rollout.sampling.temperature=-1"),

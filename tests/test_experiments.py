@@ -44,7 +44,8 @@ def test_bench_step_runs_one_step_on_the_tiny_model(tiny_model_dir, tmp_path, mo
 
 
 def test_bench_generate_runs_fixed_lengths_on_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    out = _run_script("bench_generate.py", ["--rows", "8", "--new", "2,3", "--train", "5", f"model.path={tiny_model_dir}",
+    out = _run_script("bench_generate.py", ["--rows", "8", "--new", "2,3", "--train", "5", "--peak-sampling", "1e11",
+                                            "--peak-train", "1e11", "--bandwidth", "2e10", f"model.path={tiny_model_dir}",
                                             f"run_dir={tmp_path}", *TINY_OVERRIDES], monkeypatch, capsys)
     assert "8 sequences x    3 new tokens" in out and "tokens/s" in out and "ratio" in out
     assert "x     5 tokens" in out and "log_softmax" in out
