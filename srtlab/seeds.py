@@ -25,6 +25,7 @@ STREAMS = {
     "program": "the turns of a multi-call rollout program (keys: call index)",
     "chunk": "one generate call's chunk of prompts (keys: chunk start)",
     "request": "one engine request (keys: prompt index)",
+    "skip": "whether an at-risk prompt's update is skipped (keys: step, prompt id)",
 }
 
 SEED_BITS = 31  # torch, numpy, random and vLLM all accept seeds below 2**31

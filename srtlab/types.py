@@ -62,6 +62,7 @@ class RolloutBatch:
     rewards: torch.Tensor | None = None  # [B*G] float, filled by the reward mix
     source_rewards: dict[str, torch.Tensor] = field(default_factory=dict)  # source -> [B*G], NaN: no opinion
     level_stats: dict[str, dict[str, float]] = field(default_factory=dict)  # "<task>/<level>" -> statistics
+    majorities: list[tuple[str | None, float]] = field(default_factory=list)  # [B] each group's vote: answer, share
     loss_mask: list[list[int]] | None = None  # B*G per-token 0/1: which completion tokens get the advantage
     metrics: dict[str, float] = field(default_factory=dict)  # per-stage metrics to log
 
@@ -81,3 +82,4 @@ class RewardOutput:
     metrics: dict[str, float] = field(default_factory=dict)  # extra source-specific metrics
     by_source: dict[str, torch.Tensor] = field(default_factory=dict)  # the mix only: each source's [B*G]
     by_level: dict[str, dict[str, float]] = field(default_factory=dict)  # the mix only: "<task>/<level>" stats
+    majorities: list[tuple[str | None, float]] = field(default_factory=list)  # the mix only: [B] (answer, share)

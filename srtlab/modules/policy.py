@@ -47,6 +47,7 @@ from srtlab.modules.loss_pass import loss_pass, stored_logprobs
 from srtlab.rewards.mix import RewardMix
 from srtlab.rollout.engine import RolloutEngine
 from srtlab.rollout.rollouts import Rollouts
+from srtlab.seeds import seed_for
 from srtlab.settings import Annotated, checked, integer, real
 from srtlab.types import PromptBatch, RewardOutput, RolloutBatch
 
@@ -95,6 +96,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         self.rollouts, self.base_reward = rollouts, reward
         self.reward = reward
         self.reward_overrides: dict[str, dict[str, float]] = {}  # owner -> reward weights, oldest first
+        self.update_skips: dict[str, dict[str, float]] = {}  # owner -> {prompt id: skip probability}
         if temperature is None:
             temperature = rollouts.sampling.temperature if rollouts is not None else 1.0
         self.micro_batch_prompts, self.temperature = micro_batch_prompts, temperature or 1.0
@@ -150,9 +152,11 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
         checkpoint["reward_overrides"] = [[owner, dict(w)] for owner, w in self.reward_overrides.items()]
+        checkpoint["update_skips"] = {owner: dict(s) for owner, s in self.update_skips.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.reward_overrides = {owner: dict(w) for owner, w in checkpoint.get("reward_overrides", [])}
+        self.update_skips = {owner: dict(s) for owner, s in checkpoint.get("update_skips", {}).items()}
         if self.base_reward is not None:
             self._apply_reward_overrides()
 
@@ -180,6 +184,32 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
     def _apply_reward_overrides(self) -> None:
         newest = next(reversed(self.reward_overrides.values()), None) if self.reward_overrides else None
         self.reward = self.base_reward if newest is None else self.base_reward.with_weights(newest)
+
+    def set_update_skips(self, owner: str, skips: dict[str, float] | None) -> None:
+        """Skip updates on some prompts: ``{prompt id: probability}``, each time the prompt is drawn its group gets
+        no advantage with that probability (a seeded coin per (step, prompt): the same in a resumed run, on any
+        number of ranks); None ends ``owner``'s skips. TTRL-Guard's remedy for prompts at risk of collapse. Saved
+        in checkpoints."""
+        self.update_skips.pop(owner, None)
+        if skips:
+            bad = {k: v for k, v in skips.items() if not 0.0 <= float(v) <= 1.0}
+            if bad:
+                raise ValueError(f"update skip probabilities must be in [0, 1]: {bad}")
+            self.update_skips[owner] = {str(k): float(v) for k, v in skips.items()}
+
+    def skip_groups(self, r: RolloutBatch, adv: torch.Tensor, step: int) -> int:
+        """Zero the advantages (in place) of the groups whose prompt draws a skip this step; -> how many."""
+        if not self.update_skips:
+            return 0
+        skipped = 0
+        for b, prompt in enumerate(r.prompts):
+            chance = max((s.get(prompt.id, 0.0) for s in self.update_skips.values()), default=0.0)
+            if chance > 0:
+                coin = seed_for(self.rollouts.seed if self.rollouts else 0, "skip", step, prompt.id) / 2**31
+                if coin < chance:
+                    adv[b * r.n:(b + 1) * r.n] = 0.0
+                    skipped += 1
+        return skipped
 
     def sync_engine(self) -> None:
         """Send the current weights to the rollout engine (after a rollback restored older ones)."""
@@ -248,8 +278,9 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         r = self.rollouts.train_batch(engine, batch.prompts, batch.step, score, rank=rank)
         t1 = time.perf_counter()
 
-        # 2. advantages, per group
+        # 2. advantages, per group; groups a callback asked to skip (at-risk prompts) get none
         adv = compute_advantages(self.algorithm.advantage, r.rewards.to(self.device), r.n)  # [B*G]
+        skipped = self.skip_groups(r, adv, batch.step)
 
         # 3-4. loss, backward and optimizer step: ppo_epochs x mini_batches updates (one by default)
         stats = self.update(r, adv)
@@ -264,12 +295,15 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         local = {**{f"train/{k}": v for k, v in r.metrics.items()}, **probe,
                  "train/lr": self.optimizers().param_groups[0]["lr"],
                  "train/truncated": r.finish_reasons.count("length") / len(r),
+                 "train/skipped_groups": skipped / max(len(r.prompts), 1),
                  "time/generate": t1 - t0 - reward_s, "time/reward": reward_s, "time/train": t2 - t1,
                  "time/sync": t3 - t2,
                  "perf/tokens_per_s": sum(len(c) for c in r.completion_ids) / max(t1 - t0 - reward_s, 1e-9)}
-        gathered = ranks.gather((local, r.level_stats))
-        metrics = {**ranks.mean_metrics([m for m, _ in gathered], sums=("perf/tokens_per_s",)), **stats}
-        level_stats = ranks.merge_level_stats([s for _, s in gathered]) if len(gathered) > 1 else r.level_stats
+        votes = [(p.id, *v) for p, v in zip(r.prompts, r.majorities)]  # [B] (prompt id, majority answer, share)
+        gathered = ranks.gather((local, r.level_stats, votes))
+        metrics = {**ranks.mean_metrics([m for m, _, _ in gathered], sums=("perf/tokens_per_s",)), **stats}
+        level_stats = ranks.merge_level_stats([s for _, s, _ in gathered]) if len(gathered) > 1 else r.level_stats
+        votes = [v for _, _, part in gathered for v in part]
         self.log_dict(at_step(self.global_step, metrics), on_step=True, batch_size=len(batch))
         if "train/reward/mixed" in metrics:
             self.log("reward", metrics["train/reward/mixed"], prog_bar=True, on_step=True, logger=False,
@@ -277,7 +311,8 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         self.log("step_s", t3 - t0, prog_bar=True, on_step=True, logger=False, batch_size=len(batch))
         if self.samples_every and batch.step % self.samples_every == 0:
             self._write_train_samples(r, adv, self.global_step)  # N = this row's step in metrics.csv
-        return {"loss": torch.tensor(stats["train/loss"]), "metrics": metrics, "level_stats": level_stats}
+        return {"loss": torch.tensor(stats["train/loss"]), "metrics": metrics, "level_stats": level_stats,
+                "votes": votes}
 
     def update(self, r: RolloutBatch, adv: torch.Tensor) -> dict[str, float]:
         """``ppo_epochs`` x ``mini_batches`` optimizer updates on one rollout batch; -> the step's metrics.

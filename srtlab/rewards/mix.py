@@ -74,7 +74,8 @@ class RewardMix:
         metrics.update({"score_timeouts": float(scoring.dropped), "score_text_only": float(scoring.text_only)})
         return RewardOutput(rewards=mixed, metrics=metrics,
                             by_source={name: out.rewards for name, out in outputs.items()},
-                            by_level=level_statistics(rollouts, ctx.votes, ctx.gold))
+                            by_level=level_statistics(rollouts, ctx.votes, ctx.gold),
+                            majorities=[(v.answer, v.share) for v in ctx.votes])
 
     def _run(self, name: str, source: RewardSource, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
         """Call one source and check its output: shape [B*G], no infinity (NaN means no opinion)."""

@@ -42,9 +42,11 @@ def plain_program(engine: RolloutEngine, prompts: list[Prompt], n: int, sampling
 
 
 def attach(rollouts: RolloutBatch, scored: RewardOutput) -> RolloutBatch:
-    """Put the mix's output on the batch: mixed rewards, per-source rewards, per-level statistics, metrics."""
+    """Put the mix's output on the batch: mixed rewards, per-source rewards, per-level statistics, each group's
+    majority vote, metrics."""
     rollouts.rewards, rollouts.metrics = scored.rewards, dict(scored.metrics)
     rollouts.source_rewards, rollouts.level_stats = dict(scored.by_source), dict(scored.by_level)
+    rollouts.majorities = list(scored.majorities)
     return rollouts
 
 

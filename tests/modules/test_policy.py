@@ -160,3 +160,24 @@ def test_ppo_epochs_make_the_clip_act_and_tis_logs_importance_weights(tiny_cfg, 
     assert max(m["train/is_weight_max"].values()) != 1.0  # a bf16 sampler is not the fp32 trainer
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
+
+
+def test_update_skips_zero_the_chosen_groups_with_their_probability(tiny_model_dir):
+    from conftest import make_batch
+
+    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings())
+    prompts = [Prompt(id=f"p/{i}", messages=[{"role": "user", "content": "q"}], task="t") for i in range(40)]
+    batch = make_batch(prompts, ["1", "2"] * 40)
+    adv = torch.ones(80)
+    assert module.skip_groups(batch, adv, step=1) == 0 and bool((adv == 1).all())  # nothing asked: nothing skipped
+    module.set_update_skips("guard", {"p/0": 1.0, "p/1": 0.0, **{f"p/{i}": 0.5 for i in range(2, 40)}})
+    skipped = module.skip_groups(batch, adv, step=1)
+    assert adv[0:2].tolist() == [0.0, 0.0] and adv[2:4].tolist() == [1.0, 1.0]  # certain, never
+    assert 10 <= skipped - 1 <= 28  # about half of the 38 at 0.5
+    again = torch.ones(80)
+    module.skip_groups(batch, again, step=1)
+    assert torch.equal(again, adv)  # a seeded coin per (step, prompt): the same draws again
+    module.set_update_skips("guard", None)
+    assert module.skip_groups(batch, torch.ones(80), step=1) == 0
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        module.set_update_skips("guard", {"p/0": 2.0})
