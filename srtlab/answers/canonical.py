@@ -29,6 +29,7 @@ from srtlab.answers.bounds import (
     latex_problem,
     time_limit,
 )
+from srtlab.answers.extract import without_format_chars
 
 ANSWER_KINDS: tuple[str, ...] = ("text", "math")
 
@@ -39,12 +40,13 @@ _SPACES = re.compile(r"\s+")
 
 
 def normalize_text(answer: str) -> str:
-    """Strip, collapse whitespace, lowercase, drop one trailing ``.``, and normalise whole-string numbers.
+    """Drop format characters (zero-width, direction marks), strip, collapse whitespace, lowercase, drop one
+    trailing ``.``, and normalise whole-string numbers.
 
     Numbers lose leading zeros, trailing decimal zeros, thousands commas and a ``+`` sign:
     ``"03"`` -> ``"3"``, ``"3.0"`` -> ``"3"``, ``"1,000"`` -> ``"1000"``, ``"-0.50"`` -> ``"-0.5"``.
     """
-    text = _SPACES.sub(" ", answer.strip()).lower()
+    text = _SPACES.sub(" ", without_format_chars(answer).strip()).lower()
     if text.endswith("."):
         text = text[:-1].rstrip()
     if _NUMBER.fullmatch(text):
@@ -222,7 +224,9 @@ def _same(a: ParsedAnswer, b: ParsedAnswer) -> bool:
 
 
 def _parse_math(answer: str, stats: ScoreStats | None) -> ParsedAnswer:
-    """Pre-check, parse (no time limit of its own) and pre-check the parse; dropped when refused."""
+    """Pre-check, parse (no time limit of its own) and pre-check the parse; dropped when refused. Format
+    characters are dropped first (a gold answer from a file was never cleaned)."""
+    answer = without_format_chars(answer)
     key = normalize_text(answer)
     if latex_problem(answer) is not None:
         _count(stats, "refused")

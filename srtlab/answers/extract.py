@@ -10,6 +10,7 @@ costs about as much as reading it once.
 from __future__ import annotations
 
 import re
+import unicodedata
 from types import MappingProxyType
 
 ANSWER_STYLES: tuple[str, ...] = ("auto", "boxed", "answer_tag", "answer_line")
@@ -42,13 +43,23 @@ def extract_answer(text: str, style: str = "auto", *, max_chars: int = MAX_ANSWE
     return None
 
 
+def without_format_chars(text: str) -> str:
+    """``text`` without Unicode format characters (category Cf: zero-width joiners and spaces, direction marks,
+    the BOM): invisible, so ``"\u200f4\u200d"`` reads as ``4`` and must vote and score as ``4``."""
+    if text.isascii():
+        return text
+    return "".join(c for c in text if unicodedata.category(c) != "Cf")
+
+
 def clean_answer(answer: str) -> str | None:
-    """Strip whitespace, markdown bold, surrounding ``$`` and quotes, and one trailing period; None if empty.
+    """Drop format characters (:func:`without_format_chars`), then strip whitespace, markdown bold, surrounding
+    ``$`` and quotes, and one trailing period; None if empty.
 
     The rules are applied until nothing changes, so ``"**$3$.**"`` becomes ``"3"``. A trailing
     ellipsis (``"..."``) is kept, since it is part of the answer rather than sentence punctuation.
     Moves two indices inward rather than copying the string, so the cost is linear in its length.
     """
+    answer = without_format_chars(answer)
     lo, hi = 0, len(answer)
     while True:
         before = (lo, hi)

@@ -141,3 +141,19 @@ def test_gold_comparison_of_adversarial_answer_is_false_and_bounded() -> None:
     assert not answers_equivalent("4", ADVERSARIAL[0], "math", stats=stats)
     assert answers_equivalent(ADVERSARIAL[0], ADVERSARIAL[0], "math")  # identical text still matches
     assert stats.refused == 1
+
+
+@pytest.mark.parametrize("kind", ["math", "text"])
+def test_format_characters_are_invisible_in_votes_and_against_gold(kind) -> None:
+    """A right-to-left mark and a zero-width joiner around 4 (category Cf) read as 4."""
+    from srtlab.answers.extract import extract_answer
+    from srtlab.answers.gold import is_correct
+    from srtlab.types import Prompt
+
+    marked = "\u200f4\u200d"
+    assert extract_answer(f"Answer: {marked}") == "4" and extract_answer(rf"\boxed{{{marked}}}") == "4"
+    assert cluster_answers(["4", marked, "5"], kind) == [0, 0, 1]  # one vote with 4
+    assert normalize_text("1\u200b000") == "1000"
+    gold = lambda answer: Prompt(id="p", messages=[], task="t", answer_kind=kind, answer=answer)
+    assert is_correct(marked, gold("4")) and is_correct("4", gold(marked))
+    assert not is_correct(marked, gold("5"))
