@@ -59,8 +59,19 @@ def bad(key: str, value: Any, accepted: str) -> str:
 
 
 # -- the keys no srtlab object takes ------------------------------------------------------------------
+OUTPUTS = "outputs"  # where run folders go (configs/fit.yaml: outputs/<name>/<date_time>)
+
+
+def inside_outputs(path: str) -> bool:
+    """Whether a relative ``path`` stays inside outputs/ once its ``..`` are resolved."""
+    parts = Path(os.path.normpath(path)).parts
+    return not os.path.isabs(path) and len(parts) > 1 and parts[0] == OUTPUTS
+
+
 RUN: dict[str, Rule] = {
-    "name": Rule(lambda v: isinstance(v, str) and bool(v), "a non-empty string"),
+    "name": Rule(lambda v: isinstance(v, str) and bool(v) and inside_outputs(f"{OUTPUTS}/{v}"),
+                 f"a name, or a relative path that stays inside {OUTPUTS}/ (the run folder is {OUTPUTS}/<name>/"
+                 "<date_time>; an absolute run_dir puts it elsewhere)"),
     "seed": integer(0), "resume": boolean(), "ckpt_path": text(null=True), "run_dir": text(),
     "eval_before": boolean(), "eval_after": boolean(), "checkpoint_every": integer(1), "threads": integer(1, null=True),
     "callbacks": mapping(null=True, what="a mapping of name -> a callback node (with _target_) or null"),
@@ -273,17 +284,22 @@ def check_checkpoint(path: str, needs_file: bool) -> list[str]:
 
 def check_run_dir(cfg: DictConfig) -> list[str]:
     """The run folder resolves: its resolver derives it from ``ckpt_path`` (which must then exist) or, with
-    ``resume=true``, finds the newest run of this name (there must be one)."""
+    ``resume=true``, finds the newest run of this name (there must be one). A ``run_dir`` the user gives is
+    absolute, or stays inside outputs/ (``name`` is checked to keep the resolver's folder there)."""
     ckpt = cfg.get("ckpt_path")
     if isinstance(ckpt, str) and ckpt:
         errors = check_checkpoint(ckpt, needs_file="label" in cfg)
         if errors:
             return errors
     try:
-        str(cfg.run_dir)
+        run_dir = str(cfg.run_dir)
     except (OmegaConfBaseException, FileNotFoundError) as err:  # resume=true with no run to resume
         reason = str(err).split("resolving interpolation: ", 1)[-1].split(";", 1)[0]
         return [bad("resume", cfg.get("resume"), f"true only when there is a run to continue ({_one_line(reason)})")]
+    given = not str(cfg._get_node("run_dir")._value()).startswith("${srtlab_run_dir:")
+    if given and not (os.path.isabs(run_dir) or inside_outputs(run_dir)):
+        return [bad("run_dir", run_dir, f"an absolute path, or a relative path that stays inside {OUTPUTS}/ "
+                                        "(this one leaves it)")]
     return []
 
 

@@ -32,6 +32,12 @@ TABLE = [
     ("fit", ["checkpoint_every=0"], "checkpoint_every=0"),
     ("fit", ["threads=0"], "threads=0; accepted: an integer >= 1 or null"),
     ("fit", ["resume=maybe"], "resume='maybe'; accepted: true or false"),
+    ("fit", ["name=../../escape"], "name='../../escape'; accepted: a name, or a relative path that stays inside "
+                                   "outputs/ (the run folder is outputs/<name>/<date_time>; an absolute run_dir "
+                                   "puts it elsewhere)"),
+    ("fit", ["name=runs/../.."], "name='runs/../..'; accepted: a name, or a relative path that stays inside"),
+    ("fit", ["run_dir=../escape"], "run_dir='../escape'; accepted: an absolute path, or a relative path that stays "
+                                   "inside outputs/ (this one leaves it)"),
     # model
     ("fit", ["model.dtype=fp8"], "model.dtype='fp8'; accepted: float32, bfloat16, float16"),
     ("fit", ["model.dtype=16"], "model.dtype=16; accepted: float32, bfloat16, float16"),
@@ -156,6 +162,14 @@ def test_label_checkpoint_must_be_a_file(cli, tmp_path):
     status, lines, _ = cli("label", f"ckpt_path={tmp_path}")
     _assert_one_line(status, lines, "ckpt_path=")
     assert "this is a folder" in lines[0]
+
+
+def test_run_folder_outside_outputs_writes_nothing_above_it(cli, tmp_path):
+    """``name=../../escape`` would be outputs/../../escape: two levels above outputs/, beside the working folder."""
+    for override in ("name=../../escape", "run_dir=../escape"):
+        status, lines, cwd = cli("fit", override)
+        _assert_one_line(status, lines, override.split("=")[0] + "='../")
+        assert list(cwd.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["cwd"]
 
 
 def test_resume_without_a_run(cli):
