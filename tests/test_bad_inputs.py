@@ -44,6 +44,9 @@ TABLE = [
     ("fit", ["model.trust_remote_code=yes"], "model.trust_remote_code='yes'; accepted: true or false"),
     ("fit", ["model.lora.r=-1"], "model.lora.r=-1; accepted: an integer >= 0"),
     ("fit", ["model.lora.dropout=1.5"], "model.lora.dropout=1.5; accepted: a number in [0, 1)"),
+    ("fit", ["model.lora.alpha=1e300"], "model.lora.alpha=1e+300; accepted: a number in (0, 4096] (the update is "
+                                        "scaled by alpha / r; alpha is usually 1-4 x r, and an r past 1024 is no "
+                                        "longer low-rank)"),
     # rollout
     ("fit", ["rollout.n=abc"], "rollout.n='abc'; accepted: an integer >= 2"),
     ("fit", ["rollout.n=1"], "rollout.n=1; accepted: an integer >= 2"),
@@ -58,6 +61,8 @@ TABLE = [
     ("fit", ["rollout.sampling.top_p=0"], "rollout.sampling.top_p=0; accepted: a number in (0, 1]"),
     ("fit", ["rollout.sampling.max_new_tokens=0"], "rollout.sampling.max_new_tokens=0"),
     ("fit", ["rollout.sampling.stop=Answer"], "rollout.sampling.stop='Answer'; accepted: a list of non-empty strings"),
+    ("fit", ["rollout.sampling.min_new_tokens=40"],  # the key set, not rollout.val_sampling (which repeats it)
+     "rollout.sampling.min_new_tokens=40; accepted: at most max_new_tokens (32)"),
     # data
     ("fit", ["data.val_size=0"], "data.val_size=0; accepted: an integer >= 1"),
     ("fit", ["data.batch_size=two"], "data.batch_size='two'"),
@@ -66,11 +71,16 @@ TABLE = [
     ("fit", ["+data.task_config.max_wordz=3"], "max_wordz"),
     ("fit", ["data.train_ids_from=/no/such/labels.jsonl"], "/no/such/labels.jsonl"),
     # reward
-    ("fit", ["reward.weights.vote=-1"], "reward.weights.vote=-1; accepted: a finite number >= 0"),
+    ("fit", ["reward.weights.vote=-1"], "reward.weights.vote=-1; accepted: a number in [0, 100]"),
+    ("fit", ["reward.weights.vote=1e300"], "reward.weights.vote=1e+300; accepted: a number in [0, 100] (sources score "
+                                           "in [0, 1], so a weight 100 times another's already drowns it; larger "
+                                           "values only overflow the float32 reward)"),
     ("fit", ["reward.weights.vote=0"], "reward.weights={'vote': 0}; accepted: weights with a positive sum"),
     ("fit", ["reward.weights.vote=inf"], "reward.weights.vote=inf"),
     ("fit", ["reward.weights.vote=high"], "reward.weights.vote='high'"),
-    ("fit", ["reward.abstain_value=nan"], "reward.abstain_value=nan; accepted: a finite number"),
+    ("fit", ["reward.abstain_value=nan"], "reward.abstain_value=nan; accepted: a number in [-100, 100]"),
+    ("fit", ["reward.abstain_value=1e300"], "reward.abstain_value=1e+300; accepted: a number in [-100, 100] (on the "
+                                            "scale of the mix: scores in [0, 1] times weights of at most 100)"),
     # algorithm
     ("fit", ["algorithm.clip_eps=-0.1"], "algorithm.clip_eps=-0.1; accepted: a number in (0, 1)"),
     ("fit", ["algorithm.clip_eps=wide"], "algorithm.clip_eps='wide'"),
@@ -81,11 +91,13 @@ TABLE = [
     ("fit", ["algorithm.dual_clip=1"], "algorithm.dual_clip=1; accepted: a number in (1, 100] or null"),
     ("fit", ["data=file"], "data.source.path=???; accepted: a value"),
     ("fit", ["algorithm.kl_coef=-1"], "algorithm.kl_coef=-1; accepted: a number in [0, 10]"),
+    ("fit", ["algorithm.kl_coef=1e300"], "algorithm.kl_coef=1e+300; accepted: a number in [0, 10] (a KL term 10x"),
     ("fit", ["algorithm.advantage=ppo"], "algorithm.advantage='ppo'; accepted: rloo, grpo, dr_grpo"),
     ("fit", ["algorithm.loss_agg=1"], "algorithm.loss_agg=1"),
     # optim
     ("fit", ["optim.lr=-1e-5"], "optim.lr=-1e-05; accepted: a number in (0, 1]"),
     ("fit", ["optim.lr=fast"], "optim.lr='fast'"),
+    ("fit", ["optim.lr=1e308"], "optim.lr=1e+308; accepted: a number in (0, 1] (a larger step diverges at once)"),
     ("fit", ["optim.betas=[0.9]"], "optim.betas=[0.9]; accepted: two numbers in [0, 1)"),
     ("fit", ["lr_schedule=warmup", "lr_schedule.start_factor=2"], "lr_schedule.start_factor=2; accepted: what torch.optim.lr_scheduler.LinearLR accepts"),
     ("fit", ["optim=sgd", "optim.momentum=-1"], "optim.momentum=-1; accepted: what torch.optim.SGD accepts"),
@@ -99,6 +111,8 @@ TABLE = [
      "callbacks.curriculum.advance.threshold=1.5; accepted: a number in [0, 1]"),
     ("fit", ["experiment=curriculum", "callbacks.curriculum.advance.threshold=high"],
      "callbacks.curriculum.advance.threshold='high'"),
+    ("fit", ["experiment=curriculum", "callbacks.curriculum.advance.min_delta=1e300"],
+     "callbacks.curriculum.advance.min_delta=1e+300; accepted: a number in [-1, 1] (the change of a share in [0, 1])"),
     # label
     ("label", ["label.k=0"], "label.k=0; accepted: an integer >= 1"),
     ("label", ["label.k=many"], "label.k='many'"),

@@ -34,7 +34,7 @@ class AdvanceRule:
     metric: Annotated[str, choice(METRICS)] = "majority_share"  # threshold / plateau
     threshold: Annotated[float, real(0, 1)] = 0.8  # the metrics are shares in [0, 1]
     window: Annotated[int, integer(1)] = 3
-    min_delta: Annotated[float, real()] = 0.01
+    min_delta: Annotated[float, real(-1, 1, why="the change of a share in [0, 1]")] = 0.01
     min_steps: Annotated[int, integer(0)] = 1
     max_steps: Annotated[int | None, integer(1, null=True)] = None
 

@@ -34,7 +34,8 @@ class LoraSettings:
     """peft LoRA settings; ``r=0`` means full fine-tuning."""
 
     r: Annotated[int, integer(0)] = 0  # > 0: train a LoRA adapter of this rank instead of all weights
-    alpha: Annotated[float, real(0, open_low=True)] = 32
+    alpha: Annotated[float, real(0, 4096, open_low=True, why="the update is scaled by alpha / r; alpha is usually "
+                                                            "1-4 x r, and an r past 1024 is no longer low-rank")] = 32
     dropout: Annotated[float, real(0, 1, open_high=True)] = 0.0
     target_modules: Annotated[list[str] | str, any_of(text(), strings(nonempty=True))] = "all-linear"
 

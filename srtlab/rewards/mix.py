@@ -17,6 +17,12 @@ from srtlab.settings import Annotated, checked, fail, is_real, mapping, real
 from srtlab.types import RewardOutput, RolloutBatch
 
 
+MAX_WEIGHT = 100.0
+WEIGHT_BOUND = ("sources score in [0, 1], so a weight 100 times another's already drowns it; larger values only "
+                "overflow the float32 reward")
+ABSTAIN_BOUND = "on the scale of the mix: scores in [0, 1] times weights of at most 100"
+
+
 @checked
 class RewardMix:
     """Mixed reward = sum, over the sources with an opinion (non-NaN), of weight * reward.
@@ -29,7 +35,7 @@ class RewardMix:
     """
 
     def __init__(self, sources: dict[str, RewardSource], weights: Annotated[dict[str, float], mapping()],
-                 abstain_value: Annotated[float, real()] = 0.0) -> None:
+                 abstain_value: Annotated[float, real(-MAX_WEIGHT, MAX_WEIGHT, why=ABSTAIN_BOUND)] = 0.0) -> None:
         fail(type(self), weight_problems(weights, sources))
         gold = [name for name, source in sources.items() if isinstance(source, GroundTruth)]
         if not gold and GOLD in sources:
@@ -115,14 +121,16 @@ class RewardMix:
 
 
 def weight_problems(weights: dict[str, Any], sources: dict[str, Any]) -> list[tuple[str, Any, str]]:
-    """Reward weights must name exactly the sources, be finite numbers >= 0 and have a positive sum.
+    """Reward weights must name exactly the sources, be numbers in [0, MAX_WEIGHT] and have a positive sum.
 
     Negative weights are refused: every source reports "higher is better" in [0, 1] (or a rank), so a negative
-    weight would silently train away from it; a penalty belongs in a source of its own.
+    weight would silently train away from it; a penalty belongs in a source of its own. Above ``MAX_WEIGHT``
+    a weight only risks overflow (``1e300`` is ``inf`` in float32, and the advantages NaN).
     """
     if set(weights) != set(sources):
         return [("weights", dict(weights), f"one weight for each source, no other: {sorted(sources)}")]
-    bad = [(f"weights.{k}", w, "a finite number >= 0") for k, w in weights.items() if not (is_real(w) and w >= 0)]
+    bad = [(f"weights.{k}", w, f"a number in [0, {MAX_WEIGHT:g}] ({WEIGHT_BOUND})") for k, w in weights.items()
+           if not (is_real(w) and 0 <= w <= MAX_WEIGHT)]
     if not bad and not any(w > 0 for w in weights.values()):
         bad = [("weights", dict(weights), "weights with a positive sum (at least one source > 0)")]
     return bad
