@@ -1,8 +1,10 @@
 """Padding and the trainer's forward pass over completions: one function for every caller.
 
-The policy's loss, the confidence reward and the weight-sync probe all need the log-probs of sampled
-completions under some model; they all go through :func:`completion_logits` (each prompt's forward
-pass shared by its G completions through the KV cache) and :func:`token_logprobs`.
+The policy's loss, the reference's KL term, the confidence reward and the weight-sync probe all need per-token
+scores of sampled completions under some model; they all go through :func:`token_stats` (or its
+:func:`token_logprobs`): each prompt's forward pass shared by its completions through the KV cache
+(:func:`completion_hidden`), then the head and log-softmax in chunks of tokens on the final hidden states
+(:func:`chunked_head`), so nothing of size tokens x vocabulary is ever made (docs/design.md, "Memory").
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from srtlab.types import RolloutBatch
@@ -68,35 +71,6 @@ def pad_values(rows: list[list[float]], width: int, fill: float = 0.0) -> torch.
     return out
 
 
-def completion_logits(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], n: int,
-                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits of every completion token, with each prompt's forward pass shared by its n completions.
-
-    Returns logits [b*n, T, V] (position t predicts completion token t), the completion ids [b*n, T]
-    and their mask [b*n, T]. The prompt pass keeps its graph, so gradients are exact.
-    """
-    device = next(model.parameters()).device
-    longest = max(map(len, prompt_ids), default=0) + max(map(len, completion_ids), default=0)
-    with attention_backend(device, longest):
-        return _completion_logits(model, prompt_ids, completion_ids, n, pad_id, device)
-
-
-def _completion_logits(model, prompt_ids, completion_ids, n, pad_id, device):
-    p_ids, p_mask = (t.to(device) for t in left_pad(prompt_ids, pad_id))  # [b, P]
-    p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # [b, P]
-    prompt_out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
-                       logits_to_keep=1)  # only the last prompt position predicts a completion token
-    cache = getattr(prompt_out, CACHE)
-    cache.batch_repeat_interleave(n)
-    c_ids, c_mask = (t.to(device) for t in right_pad(completion_ids, pad_id))  # [b*n, T]
-    c_pos = p_mask.sum(-1).repeat_interleave(n)[:, None] + torch.arange(c_ids.shape[1], device=device)  # [b*n, T]
-    full_mask = torch.cat([p_mask.repeat_interleave(n, 0), c_mask.long()], dim=1)  # [b*n, P+T]
-    out = model(input_ids=c_ids, attention_mask=full_mask, position_ids=c_pos, **{CACHE: cache})
-    first = prompt_out.logits[:, -1:].repeat_interleave(n, 0)  # [b*n, 1, V]: predicts token 0
-    logits = torch.cat([first, out.logits[:, :-1]], dim=1)  # [b*n, T, V]
-    return logits, c_ids, c_mask
-
-
 class MicroBatch(NamedTuple):
     """One forward/backward pass over some rows of a ``RolloutBatch``: whole groups, each prompt with its n
     completions."""
@@ -123,18 +97,219 @@ class TokenLogprobs(NamedTuple):
     entropy: torch.Tensor  # [b*n, T] entropy of the tempered next-token distribution (detached)
 
 
+class TokenStats(NamedTuple):
+    """:class:`TokenLogprobs` and the mean log-prob over the vocabulary (what self-certainty reads), detached."""
+
+    logp: torch.Tensor  # [rows, T]
+    mask: torch.Tensor  # [rows, T] bool
+    entropy: torch.Tensor  # [rows, T]
+    mean_logp: torch.Tensor  # [rows, T] (1/V) sum_v log p_t(v)
+    vocab: int = 0  # V
+
+
+# (prompt ids [b], completion ids [rows], n, temperature) -> TokenStats with the trainer's weights, no gradient, under
+# its precision: what reward sources that read the policy get (``RewardContext.token_stats``).
+TokenStatsFn = Callable[[list[list[int]], list[list[int]], int, float], TokenStats]
+
+
 # (prompt ids [b], completion ids [b*n], n) -> TokenLogprobs: :func:`token_logprobs` bound to one model, its
 # padding and temperature; what the loss pass and the weight-sync probe take.
 LogprobFn = Callable[[list[list[int]], list[list[int]], int], TokenLogprobs]
 
 
-def token_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], n: int, pad_id: int,
-                   temperature: float = 1.0) -> TokenLogprobs:
+def token_logprobs(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], n: int | list[int],
+                   pad_id: int, temperature: float = 1.0, chunk: int | None = None) -> TokenLogprobs:
     """Log-probs of the sampled tokens under ``log_softmax(logits / temperature)``: the distribution the
-    engine sampled from, so that the trainer's and the sampler's log-probs are comparable."""
-    logits, ids, mask = completion_logits(model, prompt_ids, completion_ids, n, pad_id)
-    logp_all = torch.log_softmax(logits.float() / (temperature or 1.0), dim=-1)  # [b*n, T, V]
-    logp = logp_all.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [b*n, T]
+    engine sampled from, so that the trainer's and the sampler's log-probs are comparable. No [rows, T, V] logits
+    are ever made: see :func:`token_stats`."""
+    stats = token_stats(model, prompt_ids, completion_ids, n, pad_id, temperature, chunk)
+    return TokenLogprobs(stats.logp, stats.mask, stats.entropy)
+
+
+def token_stats(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], n: int | list[int],
+                pad_id: int, temperature: float = 1.0, chunk: int | None = None) -> TokenStats:
+    """Per-token log-prob (with grad), entropy and mean log-prob of the completions of ``prompt_ids``.
+
+    ``n``: completions per prompt (an int, or one count per prompt), ``completion_ids`` grouped by prompt. The
+    decoder runs once per prompt (its KV cache shared by the prompt's completions) and once over the completions;
+    the head and the log-softmax then run on the final hidden states of the real tokens only, ``chunk`` tokens at
+    a time (:func:`chunked_head`), so at most ``chunk`` x V logits exist at once, forward and backward.
+    """
+    hidden, ids, mask = completion_hidden(model, prompt_ids, completion_ids, n, pad_id)  # [rows, T, d]
+    head = model.get_output_embeddings()
+    logp, entropy, mean_logp = chunked_head(hidden[mask], ids[mask], head, temperature or 1.0, chunk)  # [tokens] each
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    return TokenStats(_unflatten(logp, mask), mask, _unflatten(entropy, mask), _unflatten(mean_logp, mask), vocab)
+
+
+def _unflatten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[tokens] values of the True positions of ``mask`` [rows, T] -> [rows, T], zeros elsewhere."""
+    out = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    return out.masked_scatter(mask, values)
+
+
+# -- the decoder: final hidden states of the completions, the prompt's pass shared -------------------------------
+class PrefixLayer(DynamicLayer):
+    """One layer's cache for the shared-prompt forward, safe to recompute (activation checkpointing).
+
+    In the prompt pass (``extend`` unset) ``update`` records the prompt's keys and values, replacing what was there;
+    in the completion pass it returns each row's prompt keys and values (``index``: the prompt of each row) followed
+    by the completion's own, and stores nothing. So a decoder layer recomputed in backward sees exactly what it saw
+    in forward (a ``DynamicLayer`` would append a second time), and the prompt's keys keep their graph.
+    """
+
+    index: torch.Tensor | None = None  # [rows] the prompt of each completion row; None: the prompt pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.index is None:
+            self.keys, self.values = key_states, value_states  # [b, heads, P, d]
+            return key_states, value_states
+        keys = torch.cat([self.keys.index_select(0, self.index), key_states], dim=-2)  # [rows, heads, P+T, d]
+        values = torch.cat([self.values.index_select(0, self.index), value_states], dim=-2)
+        return keys, values
+
+
+def _decoder_output(model, **inputs) -> torch.Tensor:
+    """Run ``model`` (through its root module, so FSDP gathers what it must) computing no logits; -> the final hidden
+    states [b, L, d] (after the last norm), read from its decoder."""
+    found = []
+    handle = model.get_decoder().register_forward_hook(
+        lambda module, args, out: found.append(out[0] if isinstance(out, tuple) else out.last_hidden_state))
+    try:
+        model(**inputs, logits_to_keep=_NO_POSITIONS.to(inputs["input_ids"].device))
+    finally:
+        handle.remove()
+    return found[-1]
+
+
+_NO_POSITIONS = torch.zeros(0, dtype=torch.long)  # logits_to_keep: no position, so the model's head computes nothing
+
+
+def completion_hidden(model, prompt_ids: list[list[int]], completion_ids: list[list[int]], n: int | list[int],
+                      pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Final hidden states that predict every completion token, each prompt's forward pass shared by its
+    completions: -> hidden [rows, T, d] (position t predicts completion token t), ids [rows, T], mask [rows, T]."""
+    device = next(model.parameters()).device
+    longest = max(map(len, prompt_ids), default=0) + max(map(len, completion_ids), default=0)
+    counts = torch.tensor([n] * len(prompt_ids) if isinstance(n, int) else list(n), device=device)
+    with attention_backend(device, longest):
+        p_ids, p_mask = (t.to(device) for t in left_pad(prompt_ids, pad_id))  # [b, P]
+        p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # [b, P]
+        cache = Cache(layer_class_to_replicate=PrefixLayer)
+        prompt_h = _decoder_output(model, input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+                                   **{CACHE: cache})  # [b, P, d]
+        index = torch.repeat_interleave(torch.arange(len(prompt_ids), device=device), counts)  # [rows]
+        for layer in cache.layers:
+            layer.index = index
+        c_ids, c_mask = (t.to(device) for t in right_pad(completion_ids, pad_id))  # [rows, T]
+        c_pos = p_mask.sum(-1)[index][:, None] + torch.arange(c_ids.shape[1], device=device)  # [rows, T]
+        full_mask = torch.cat([p_mask[index], c_mask.long()], dim=1)  # [rows, P+T]
+        comp_h = _decoder_output(model, input_ids=c_ids, attention_mask=full_mask, position_ids=c_pos, use_cache=True,
+                                 **{CACHE: cache})  # [rows, T, d]
+    first = prompt_h[:, -1:][index]  # [rows, 1, d]: the last prompt position predicts token 0
+    return torch.cat([first, comp_h[:, :-1]], dim=1), c_ids, c_mask
+
+
+# -- the head, chunk by chunk ---------------------------------------------------------------------------------
+def default_chunk(vocab: int) -> int:
+    """Tokens per head chunk: 2**24 logits at most (64 MiB in fp32), a power of two between 16 and 1,024."""
+    return max(16, min(1024, 1 << max(0, (2**24 // max(vocab, 1)).bit_length() - 1)))
+
+
+def chunked_head(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, temperature: float = 1.0,
+                 chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per token: log-prob of ``targets`` under ``log_softmax(head(hidden) / temperature)``, with its gradient to
+    ``hidden`` and the head's weights; and, detached, the entropy and the mean log-prob over the vocabulary.
+
+    hidden [N, d], targets [N] -> three [N] float32 tensors. Logits are made ``chunk`` tokens at a time, in fp32
+    log-sum-exp, and made again in backward (:class:`_LinearHead` for a plain ``nn.Linear`` head, as verl's
+    ``FusedLinearForPPO`` and TRL's chunked log-prob do; a checkpoint per chunk for any other head, e.g. one with a
+    LoRA adapter), so memory holds ``chunk`` x V logits, not N x V. Under autocast the matmul runs in the autocast
+    dtype, as the model's own head would.
+    """
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    chunk = chunk or default_chunk(vocab)
+    if hidden.shape[0] == 0:
+        empty = hidden.new_zeros(0, dtype=torch.float32)
+        return empty + hidden.sum() * 0, empty, empty
+    if type(head) is torch.nn.Linear:
+        return _LinearHead.apply(hidden, head.weight, head.bias, targets, float(temperature), int(chunk))
+    parts = [torch.utils.checkpoint.checkpoint(_head_chunk, head, hidden[i:i + chunk], targets[i:i + chunk],
+                                               float(temperature), use_reentrant=False)
+             for i in range(0, hidden.shape[0], chunk)]
+    return tuple(torch.cat(x) for x in zip(*parts))
+
+
+def _head_chunk(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, temperature: float):
+    logits = head(hidden).float() / temperature  # [c, V]
+    lse = torch.logsumexp(logits, -1)  # [c]
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - lse
     with torch.no_grad():
-        entropy = -(logp_all.exp() * logp_all).sum(-1)  # [b*n, T]
-    return TokenLogprobs(logp, mask, entropy)
+        entropy, mean_logp = _stats(logits, lse)
+    return logp, entropy, mean_logp
+
+
+def _stats(logits: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy and mean log-prob over the vocabulary of ``softmax(logits)`` [c, V], given its log-sum-exp [c]."""
+    entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
+    return entropy, logits.mean(-1) - lse
+
+
+def _compute_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
+
+
+class _LinearHead(torch.autograd.Function):
+    """Log-probs through a linear head in chunks, logits remade in backward (d logp / d logits = onehot - softmax)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk):
+        device_type = hidden.device.type
+        dtype = _compute_dtype(device_type, hidden.dtype)
+        w = weight.to(dtype)  # one cast for all chunks (what autocast's weight cache does)
+        b = None if bias is None else bias.to(dtype)
+        logp, entropy, mean_logp, lses = [], [], [], []
+        with torch.autocast(device_type, enabled=False):
+            for i in range(0, hidden.shape[0], chunk):
+                logits = torch.nn.functional.linear(hidden[i:i + chunk].to(dtype), w, b).float() / temperature
+                lse = torch.logsumexp(logits, -1)
+                logp.append(logits.gather(-1, targets[i:i + chunk, None]).squeeze(-1) - lse)
+                h, m = _stats(logits, lse)
+                entropy.append(h)
+                mean_logp.append(m)
+                lses.append(lse)
+        ctx.save_for_backward(hidden, weight, bias, targets, torch.cat(lses))
+        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        entropy, mean_logp = torch.cat(entropy), torch.cat(mean_logp)
+        ctx.mark_non_differentiable(entropy, mean_logp)
+        return torch.cat(logp), entropy, mean_logp
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy, _grad_mean):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        dtype, chunk, temperature = ctx.dtype, ctx.chunk, ctx.temperature
+        w = weight.to(dtype)
+        b = None if bias is None else bias.to(dtype)
+        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
+        grad_bias = None
+        if bias is not None and ctx.needs_input_grad[2]:
+            grad_bias = torch.zeros_like(bias, dtype=torch.float32)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for i in range(0, hidden.shape[0], chunk):
+                h = hidden[i:i + chunk].to(dtype)
+                logits = torch.nn.functional.linear(h, w, b).float() / temperature  # [c, V]
+                g = grad_logp[i:i + chunk, None]  # [c, 1]
+                grad_logits = -torch.exp(logits - lse[i:i + chunk, None]) * g  # d/dlogits of logp: onehot - softmax
+                grad_logits.scatter_add_(-1, targets[i:i + chunk, None], g)
+                grad_logits = (grad_logits / temperature).to(dtype)  # through "/ T" and the cast to float
+                if grad_hidden is not None:
+                    grad_hidden[i:i + chunk] = (grad_logits @ w).to(hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight += (grad_logits.t() @ h).float()
+                if grad_bias is not None:
+                    grad_bias += grad_logits.float().sum(0)
+        return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
+                None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None)

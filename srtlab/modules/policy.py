@@ -38,7 +38,7 @@ from srtlab.algorithms.advantages import compute_advantages
 from srtlab.algorithms.settings import AlgorithmSettings
 from srtlab.answers.gold import GoldScorer
 from srtlab.logs import at_step, train_sample_rows, write_samples
-from srtlab.models.forward import TokenLogprobs, completion_logits, token_logprobs
+from srtlab.models.forward import TokenLogprobs, TokenStats, token_logprobs, token_stats
 from srtlab.models.load import ModelSettings, load_model, load_tokenizer
 from srtlab.models.parallel import checkpoint_mlps, mark_sharded, shard_model
 from srtlab.modules import ranks
@@ -76,6 +76,8 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         samples_every: write ``samples/train_step<N>.jsonl`` every this many steps; 0: never.
         temperature: the sampling temperature; log-probs are taken of the same tempered distribution
             (default: ``rollouts.sampling.temperature``).
+        logprob_chunk: tokens per chunk of the head and log-softmax (``srtlab.models.forward.chunked_head``): at
+            most this many x V logits exist at once; None: 2**24 / V (256 for a 49k vocabulary).
 
     Under ``trainer=fsdp`` (Lightning's ``ModelParallelStrategy``) ``configure_model`` shards the policy
     and the reference with FSDP2, each decoder layer one unit (``srtlab.models.parallel``).
@@ -87,7 +89,8 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
                  rollouts: Rollouts | None = None, reward: RewardMix | None = None,
                  grad_clip: Annotated[float, real(0)] = 1.0, micro_batch_prompts: Annotated[int, integer(1)] = 4,
                  samples_every: Annotated[int, integer(0)] = 0,
-                 temperature: Annotated[float | None, real(0, 100, null=True)] = None) -> None:
+                 temperature: Annotated[float | None, real(0, 100, null=True)] = None,
+                 logprob_chunk: Annotated[int | None, integer(1, null=True)] = None) -> None:
         super().__init__()
         self.settings = model
         self.algorithm = algorithm or AlgorithmSettings()
@@ -100,7 +103,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         if temperature is None:
             temperature = rollouts.sampling.temperature if rollouts is not None else 1.0
         self.micro_batch_prompts, self.temperature = micro_batch_prompts, temperature or 1.0
-        self.samples_every = samples_every
+        self.samples_every, self.logprob_chunk = samples_every, logprob_chunk
         self.automatic_optimization = False
         self.strict_loading = False  # the reference model is not saved in checkpoints
         self._tokenizer = None
@@ -227,7 +230,8 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
     # -- scoring --------------------------------------------------------------------------------
     def token_logprobs(self, model, prompt_ids, completion_ids, n) -> TokenLogprobs:
         """:func:`srtlab.models.forward.token_logprobs` with this policy's padding and temperature."""
-        return token_logprobs(model, prompt_ids, completion_ids, n, self.tokenizer.pad_token_id, self.temperature)
+        return token_logprobs(model, prompt_ids, completion_ids, n, self.tokenizer.pad_token_id, self.temperature,
+                              self.logprob_chunk)
 
     def policy_logprobs(self, prompt_ids, completion_ids, n) -> TokenLogprobs:
         """The trained policy's :meth:`token_logprobs` (a ``LogprobFn``: what the loss pass and the probe take)."""
@@ -241,14 +245,16 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
                 return self.token_logprobs(self.model, prompt_ids, completion_ids, n).logp
 
     @torch.no_grad()
-    def scoring_logits(self, prompt_ids, completion_ids, n):
-        """Raw logits of completions with the current weights, eval mode, under the trainer's precision
-        (bf16 autocast under ``bf16-mixed``): what reward sources that read the policy get."""
+    def scoring_stats(self, prompt_ids, completion_ids, n, temperature: float = 1.0) -> TokenStats:
+        """Per-token log-prob, entropy and mean log-prob of completions with the current weights, eval mode, under
+        the trainer's precision (bf16 autocast under ``bf16-mixed``): what reward sources that read the policy get
+        (a ``TokenStatsFn``)."""
         was_training = self.model.training
         self.model.eval()
         try:
             with self._precision():
-                return completion_logits(self.model, prompt_ids, completion_ids, n, self.tokenizer.pad_token_id)
+                return token_stats(self.model, prompt_ids, completion_ids, n, self.tokenizer.pad_token_id,
+                                   temperature, self.logprob_chunk)
         finally:
             self.model.train(was_training)
 
@@ -270,7 +276,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         def score(rollouts: RolloutBatch) -> RewardOutput:
             nonlocal reward_s
             t = time.perf_counter()
-            out = self.reward(rollouts, logits=self.scoring_logits, engine=engine,
+            out = self.reward(rollouts, token_stats=self.scoring_stats, engine=engine,
                               micro_batch_prompts=self.micro_batch_prompts)
             reward_s += time.perf_counter() - t
             return out

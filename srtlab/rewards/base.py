@@ -8,20 +8,15 @@ log-prob function of the trainer's weights, the rollout engine), typed, never th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from srtlab.answers.votes import GroupVote
+from srtlab.models.forward import TokenStatsFn
 from srtlab.rollout.engine import RolloutEngine
 from srtlab.types import RewardOutput, RolloutBatch
-
-# (prompt ids [b], completion ids [b*n], n) -> (raw logits [b*n, T, V], ids [b*n, T], mask [b*n, T]):
-# the trainer's weights, no gradient, under the trainer's precision; the caller micro-batches by whole groups.
-CompletionLogitsFn = Callable[[list[list[int]], list[list[int]], int],
-                              tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -29,16 +24,17 @@ class RewardContext:
     """What a source may use besides the rollouts; built by the mix for each batch it scores.
 
     ``votes`` and ``gold`` are computed once per batch and shared by every source and monitor;
-    ``logits`` scores completions with the trainer's weights (confidence); ``engine`` asks the policy
-    a question (self-judge: one more batched call). The caller gives the mix the last three
-    (``RewardMix.__call__``); a source's name is its key under ``reward.sources``.
+    ``token_stats`` scores completions with the trainer's weights (confidence: per-token log-prob, entropy and
+    mean log-prob, never full logits); ``engine`` asks the policy a question (self-judge: one more batched call).
+    The caller gives the mix the last three (``RewardMix.__call__``); a source's name is its key under
+    ``reward.sources``.
     """
 
     votes: list[GroupVote]  # [B] the batch's majority votes
     gold: torch.Tensor  # [B*G] the gold verdict (1.0 / 0.0; NaN where a prompt has no gold answer)
-    logits: CompletionLogitsFn | None = None
+    token_stats: TokenStatsFn | None = None
     engine: RolloutEngine | None = None
-    micro_batch_prompts: int = 4  # prompts per ``logits`` call
+    micro_batch_prompts: int = 4  # prompts per ``token_stats`` call
 
 
 @runtime_checkable

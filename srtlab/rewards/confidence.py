@@ -21,8 +21,9 @@ thing whatever the kind. ``"zscore"`` standardises within the group; ``"none"`` 
 Cost and a deviation from "in the training forward pass": the reward is needed before advantages are
 computed, so it cannot come from the gradient pass itself. It is one extra no-grad forward pass of the
 trainer's model over the B*G completions (each prompt's pass shared by its G completions, in micro-batches
-of ``micro_batch_prompts`` prompts, under the trainer's precision), with full-vocabulary
-statistics reduced in place, so nothing of vocabulary size leaves the trainer or comes from the engine.
+of ``micro_batch_prompts`` prompts, under the trainer's precision), with the full-vocabulary statistics made in
+chunks of tokens by the same function as the loss's log-probs (``srtlab.models.forward.token_stats``), so nothing of
+vocabulary size is kept, leaves the trainer or comes from the engine.
 A completion with no tokens gets NaN; every other completion has an opinion, readable answer or not.
 """
 
@@ -32,7 +33,7 @@ import math
 
 import torch
 
-from srtlab.models.forward import micro_batches
+from srtlab.models.forward import TokenStats, micro_batches
 from srtlab.rewards.base import RewardContext
 from srtlab.settings import Annotated, checked, choice, real
 from srtlab.types import RewardOutput, RolloutBatch
@@ -41,24 +42,24 @@ KINDS = ("self_certainty", "neg_entropy", "seq_logprob")
 NORMALIZATIONS = ("rank", "zscore", "none")
 
 
-# -- per-sequence statistics (pure functions of logits) ----------------------------------------------
-def token_statistics(logits: torch.Tensor, ids: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-token statistic [N, T] from logits [N, T, V] (already divided by the temperature) and ids [N, T]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)  # [N, T, V]
+# -- per-sequence statistics (pure functions of per-token statistics) ----------------------------------------
+def token_values(stats: TokenStats, kind: str) -> torch.Tensor:
+    """Per-token statistic [N, T] from the model's per-token log-prob, entropy and mean log-prob (at the
+    temperature the statistic is taken of; ``srtlab.models.forward.token_stats``)."""
     if kind == "self_certainty":
-        vocab = logp.shape[-1]
-        return -math.log(vocab) - logp.mean(-1)  # KL(U || p_t)
+        return -math.log(stats.vocab) - stats.mean_logp  # KL(U || p_t) = -log V - (1/V) sum_v log p_t(v)
     if kind == "neg_entropy":
-        return (logp.exp() * logp).sum(-1)  # -H(p_t)
+        return -stats.entropy  # -H(p_t)
     if kind == "seq_logprob":
-        return logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # log p_t(y_t)
+        return stats.logp  # log p_t(y_t)
     raise ValueError(f"confidence kind={kind!r}; accepted: {', '.join(KINDS)}")
 
 
-def sequence_confidence(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
+def sequence_confidence(stats: TokenStats, kind: str) -> torch.Tensor:
     """[N] per-sequence value: the token mean (self_certainty, neg_entropy) or sum (seq_logprob) over
     the mask [N, T]; NaN for a sequence without tokens."""
-    values = token_statistics(logits, ids, kind) * mask  # [N, T]
+    mask = stats.mask
+    values = torch.where(mask.bool(), token_values(stats, kind), torch.zeros_like(stats.logp))  # [N, T]
     count = mask.sum(-1).float()  # [N]
     total = values.sum(-1)
     out = total if kind == "seq_logprob" else total / count.clamp(min=1)
@@ -105,8 +106,8 @@ class Confidence:
         self.kind, self.normalize, self.temperature = kind, normalize, temperature
 
     def __call__(self, rollouts: RolloutBatch, ctx: RewardContext) -> RewardOutput:
-        if ctx.logits is None:
-            raise ValueError("confidence needs the trainer's log-probs (RewardContext.logits) to score completions")
+        if ctx.token_stats is None:
+            raise ValueError("confidence needs the trainer's per-token statistics (RewardContext.token_stats)")
         raw = self.raw_values(rollouts, ctx)  # [B*G]
         rewards = normalize_in_groups(raw, rollouts.n, self.normalize)
         ok = ~torch.isnan(raw)
@@ -118,6 +119,6 @@ class Confidence:
         """[B*G] raw statistic with the trainer's weights, micro-batched by whole groups."""
         out = []
         for part in micro_batches(rollouts, list(range(len(rollouts.prompts))), max(1, ctx.micro_batch_prompts)):
-            logits, ids, mask = ctx.logits(part.prompt_ids, part.completion_ids, rollouts.n)  # [b*n, T, V]
-            out.append(sequence_confidence(logits.float() / self.temperature, ids, mask, self.kind).cpu())
+            stats = ctx.token_stats(part.prompt_ids, part.completion_ids, rollouts.n, self.temperature)  # [b*n, T]
+            out.append(sequence_confidence(stats, self.kind).cpu())
         return torch.cat(out).float()

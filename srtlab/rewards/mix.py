@@ -10,7 +10,8 @@ import torch
 from srtlab.answers.canonical import ScoreStats
 from srtlab.answers.metrics import answer_concentration
 from srtlab.answers.votes import GroupVote, vote_groups
-from srtlab.rewards.base import CompletionLogitsFn, RewardContext, RewardSource
+from srtlab.models.forward import TokenStatsFn
+from srtlab.rewards.base import RewardContext, RewardSource
 from srtlab.rewards.ground_truth import GOLD, GroundTruth
 from srtlab.rollout.engine import RolloutEngine
 from srtlab.settings import Annotated, checked, fail, is_real, mapping, real
@@ -58,14 +59,14 @@ class RewardMix:
             raise ValueError(f"reward weights name unknown sources {sorted(unknown)}; known: {sorted(sources)}")
         return RewardMix(sources, full, self.abstain_value)
 
-    def __call__(self, rollouts: RolloutBatch, logits: CompletionLogitsFn | None = None,
+    def __call__(self, rollouts: RolloutBatch, token_stats: TokenStatsFn | None = None,
                  engine: RolloutEngine | None = None, micro_batch_prompts: int = 4) -> RewardOutput:
-        """Score a batch; ``logits``, ``engine`` and ``micro_batch_prompts``: what sources may use
+        """Score a batch; ``token_stats``, ``engine`` and ``micro_batch_prompts``: what sources may use
         (``RewardContext``)."""
         # 1. what every source shares, computed once: the votes and the gold verdicts
         scoring = ScoreStats()  # answers the bounded comparison refused or timed out: counted, not waited for
         ctx = RewardContext(votes=vote_groups(rollouts, scoring), gold=self.gold.verdicts(rollouts, scoring),
-                            logits=logits, engine=engine, micro_batch_prompts=micro_batch_prompts)
+                            token_stats=token_stats, engine=engine, micro_batch_prompts=micro_batch_prompts)
         # 2. every source, and the gold monitor when it is not a source
         outputs = {name: self._run(name, source, rollouts, ctx) for name, source in self.sources.items()}
         if self.gold_name not in outputs:

@@ -3,7 +3,7 @@ import torch
 
 from srtlab.algorithms.advantages import rloo
 from srtlab.algorithms.settings import AlgorithmSettings
-from srtlab.models.forward import completion_logits
+from srtlab.models.forward import token_logprobs
 from srtlab.models.load import ModelSettings
 from srtlab.modules.policy import PolicyModule
 from srtlab.types import Prompt, RolloutBatch
@@ -29,8 +29,7 @@ def test_shared_prompt_forward_gives_the_same_logprobs_and_gradients(tiny_model_
     monkeypatch.setattr("srtlab.models.forward.MATH_ATTENTION_MAX_LEN", math_max_len)
     model, tok = tiny_model_and_tokenizer
     model.zero_grad()
-    logits, ids, mask = completion_logits(model, PROMPTS, COMPLETIONS, 4, tok.pad_token_id)
-    shared = torch.log_softmax(logits.float(), -1).gather(-1, ids[..., None]).squeeze(-1)  # [8, T]
+    shared, mask, _ = token_logprobs(model, PROMPTS, COMPLETIONS, 4, tok.pad_token_id)  # [8, T]
     ref = full_sequence_logprobs(model, PROMPTS, COMPLETIONS, 4)
     for i, r in enumerate(ref):
         torch.testing.assert_close(shared[i, : len(r)], r, rtol=1e-5, atol=1e-5)

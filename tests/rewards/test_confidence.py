@@ -8,9 +8,10 @@ import torch
 
 from conftest import ctx_for
 from srtlab.algorithms.settings import AlgorithmSettings
+from srtlab.models.forward import TokenStats
 from srtlab.models.load import ModelSettings
 from srtlab.modules.policy import PolicyModule
-from srtlab.rewards.confidence import Confidence, normalize_in_groups, sequence_confidence, token_statistics
+from srtlab.rewards.confidence import Confidence, normalize_in_groups, sequence_confidence, token_values
 from srtlab.rewards.mix import RewardMix
 from srtlab.rewards.vote import MajorityVote
 from srtlab.types import Prompt, RolloutBatch
@@ -29,11 +30,19 @@ KL1 = -math.log(3) - (math.log(2 / 3) + 2 * math.log(1 / 6)) / 3  # t=1: 0.23104
 H1 = -(2 / 3 * math.log(2 / 3) + 2 * (1 / 6) * math.log(1 / 6))
 
 
+def stats_of(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> TokenStats:
+    """The per-token statistics the model's chunked head gives (srtlab.models.forward.token_stats), from logits."""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [N, T, V]
+    mask = torch.ones(ids.shape, dtype=torch.bool) if mask is None else mask.bool()
+    return TokenStats(logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1), mask, -(logp.exp() * logp).sum(-1),
+                      logp.mean(-1), logits.shape[-1])
+
+
 def test_per_token_statistics_by_hand():
-    torch.testing.assert_close(token_statistics(LOGITS, IDS, "self_certainty"), torch.tensor([[0.0, KL1]]))
-    torch.testing.assert_close(token_statistics(LOGITS, IDS, "neg_entropy"), torch.tensor([[-math.log(3), -H1]]))
-    torch.testing.assert_close(token_statistics(LOGITS, IDS, "seq_logprob"),
-                               torch.tensor([[math.log(1 / 3), math.log(2 / 3)]]))
+    stats = stats_of(LOGITS, IDS)
+    torch.testing.assert_close(token_values(stats, "self_certainty"), torch.tensor([[0.0, KL1]]))
+    torch.testing.assert_close(token_values(stats, "neg_entropy"), torch.tensor([[-math.log(3), -H1]]))
+    torch.testing.assert_close(token_values(stats, "seq_logprob"), torch.tensor([[math.log(1 / 3), math.log(2 / 3)]]))
     assert KL1 == pytest.approx(0.231049, abs=1e-6) and H1 == pytest.approx(0.867563, abs=1e-6)
 
 
@@ -41,11 +50,12 @@ def test_sequence_values_by_hand_with_mask_and_empty_sequence():
     logits = LOGITS.repeat(3, 1, 1)  # [3, 2, 3]
     ids = IDS.repeat(3, 1)
     mask = torch.tensor([[1, 1], [1, 0], [0, 0]])  # both tokens; the first only; no token
-    sc = sequence_confidence(logits, ids, mask, "self_certainty")
+    stats = stats_of(logits, ids, mask)
+    sc = sequence_confidence(stats, "self_certainty")
     torch.testing.assert_close(sc, torch.tensor([KL1 / 2, 0.0, NAN]), equal_nan=True)  # token mean
-    ne = sequence_confidence(logits, ids, mask, "neg_entropy")
+    ne = sequence_confidence(stats, "neg_entropy")
     torch.testing.assert_close(ne, torch.tensor([-(math.log(3) + H1) / 2, -math.log(3), NAN]), equal_nan=True)
-    lp = sequence_confidence(logits, ids, mask, "seq_logprob")  # a sum: log p(y | x)
+    lp = sequence_confidence(stats, "seq_logprob")  # a sum: log p(y | x)
     torch.testing.assert_close(lp, torch.tensor([math.log(1 / 3 * 2 / 3), math.log(1 / 3), NAN]), equal_nan=True)
 
 
@@ -96,11 +106,11 @@ def test_raw_values_through_the_policy_match_separate_forward_passes(kind, tiny_
     module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(), micro_batch_prompts=1)
     module.configure_model()  # in train mode, as during fit; the source scores in eval mode and restores it
     batch = _batch()
-    out = Confidence(kind=kind, normalize="none")(batch, ctx_for(batch, logits=module.scoring_logits, micro_batch_prompts=1))
+    out = Confidence(kind=kind, normalize="none")(batch, ctx_for(batch, token_stats=module.scoring_stats, micro_batch_prompts=1))
     torch.testing.assert_close(out.rewards, torch.tensor(reference(module.model, kind)), equal_nan=True,
                                rtol=1e-4, atol=1e-5)
     assert module.model.training
-    ranked = Confidence(kind=kind)(batch, ctx_for(batch, logits=module.scoring_logits)).rewards
+    ranked = Confidence(kind=kind)(batch, ctx_for(batch, token_stats=module.scoring_stats)).rewards
     assert sorted(ranked[:3].tolist()) == [0.0, 0.5, 1.0] and ranked[3:5].tolist() in ([0.0, 1.0], [1.0, 0.0])
 
 
@@ -111,7 +121,7 @@ def test_mix_logs_confidence_even_at_weight_zero(tiny_model_dir):
     batch = _batch()
     batch.prompts = [Prompt(id="a", messages=[], task="t", answer="1"), Prompt(id="b", messages=[], task="t")]
     batch.answers = ["1", "1", "2", None, None, None]
-    out = mix(batch, logits=module.scoring_logits)
+    out = mix(batch, token_stats=module.scoring_stats)
     # ranks in group 0 are a permutation of 0, 0.5, 1 -> mean 0.5; group 1: two ranked (0, 1), one NaN
     assert out.metrics["reward/confidence"] == pytest.approx(0.5)
     assert "agreement/confidence" in out.metrics and "confidence/raw_self_certainty" in out.metrics

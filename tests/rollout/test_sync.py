@@ -93,12 +93,11 @@ class _ReportingEngine:
         self.hf, self.scorer = HFEngine(model, tokenizer), scorer
 
     def generate(self, prompts, n, sampling, seed):
-        from srtlab.models.forward import completion_logits
+        from srtlab.models.forward import token_logprobs
 
         r: RolloutBatch = self.hf.generate(prompts, n, sampling, seed)
-        logits, ids, mask = completion_logits(self.scorer, r.prompt_ids, r.completion_ids, n,
-                                             self.hf.tokenizer.pad_token_id)
-        logp = torch.log_softmax(logits.float() / sampling.temperature, -1).gather(-1, ids[..., None])[..., 0]
+        logp = token_logprobs(self.scorer, r.prompt_ids, r.completion_ids, n, self.hf.tokenizer.pad_token_id,
+                              sampling.temperature).logp.detach()
         r.sampler_logprobs = [row[: len(c)].tolist() for row, c in zip(logp, r.completion_ids)]
         return r
 
