@@ -24,9 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from srtlab.builder import Builder
 from srtlab.models.precision import trainer_precision
+from srtlab.modules.checkpoint_io import CheckpointSaveError
 from srtlab.validate import CONFIG_ERROR_EXIT, ConfigError, check_config
 
 log = logging.getLogger(__name__)
+CHECKPOINT_ERROR_EXIT = 1  # a checkpoint could not be written: the run stops with one line saying why
 
 
 # -- run folders ------------------------------------------------------------------------------------
@@ -178,7 +180,11 @@ def fit(cfg: DictConfig) -> dict[str, Any]:
         trainer.validate(module, datamodule=datamodule, verbose=False)
         results["before"] = val_metrics(trainer)
         results_file.write_text(json.dumps(results, indent=2))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    except CheckpointSaveError as err:  # disk full, folder not writable: stop, rather than train on unsaved
+        print(f"checkpoint error: {err}", file=sys.stderr)
+        raise SystemExit(CHECKPOINT_ERROR_EXIT) from None
     if cfg.eval_after:
         if module.last_val_step != trainer.global_step:  # the last step may have evaluated already
             trainer.validate(module, datamodule=datamodule, verbose=False)
