@@ -63,7 +63,7 @@ def build_policy(args, model_path: str, init: str = "pretrained") -> PolicyModul
     from srtlab.train import build_module, register_resolvers
 
     register_resolvers()
-    overrides = ["experiment=srt", f"model.path={model_path}", f"model.init={init}", "module.micro_batch_prompts=4",
+    overrides = ["experiment=srt", f"model.path={model_path}", f"model.init={init}", "module.micro_batch_tokens=16384",
                  f"rollout.n={args.n}", f"rollout.sampling.max_new_tokens={args.max_new_tokens}",
                  f"rollout.engine.prompts_per_call={args.batch}", "rollout.engine.dtype=bfloat16", "optim.lr=1e-6",
                  "run_dir=/tmp/srtlab-gpu-check"]

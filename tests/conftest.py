@@ -68,7 +68,7 @@ TINY_OVERRIDES = [
     "data.batch_size=2", "data.train_size=40", "data.val_size=4", "data.val_batch_size=4",
     "rollout.n=4", "rollout.val_n=2", "rollout.sampling.max_new_tokens=8", "rollout.engine.dtype=null",
     "trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint_every=1",
-    "trainer.enable_progress_bar=false", "module.micro_batch_prompts=1", "trainer.precision=32-true",
+    "trainer.enable_progress_bar=false", "module.micro_batch_tokens=1024", "trainer.precision=32-true",
 ]
 
 

@@ -247,7 +247,7 @@ def test_ranks_agree_on_passes_and_scale_by_the_global_normaliser(monkeypatch):
         return TokenLogprobs(w * torch.ones(len(c_ids), width), mask, torch.zeros(len(c_ids), width))
 
     backward_scales = []
-    lp.loss_pass(r, adv, logprobs, None, AlgorithmSettings(advantage="rloo", loss_agg="token_mean"), 1,
+    lp.loss_pass(r, adv, logprobs, None, AlgorithmSettings(advantage="rloo", loss_agg="token_mean"), 7,  # a group a pass
                  lambda loss: (backward_scales.append(loss), loss.backward()))
     assert len(backward_scales) == 3  # 1 real + 2 zero-weight passes, the busiest rank's count
     assert len(calls) == 4  # and 1 entropy pass for the unanimous group

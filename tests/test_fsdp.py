@@ -103,7 +103,7 @@ class RankParity:
 
 
 COMMON = ["eval_before=false", "eval_after=false", "trainer.val_check_interval=100", "optim.lr=1e-3",
-          "rollout.sampling.temperature=1.0", "trainer.max_steps=2", "data.batch_size=2", "module.micro_batch_prompts=1",
+          "rollout.sampling.temperature=1.0", "trainer.max_steps=2", "data.batch_size=2", "module.micro_batch_tokens=1024",
           "+callbacks.dump._target_=test_fsdp.DumpWeights"]
 
 

@@ -72,21 +72,70 @@ def pad_values(rows: list[list[float]], width: int, fill: float = 0.0) -> torch.
 
 
 class MicroBatch(NamedTuple):
-    """One forward/backward pass over some rows of a ``RolloutBatch``: whole groups, each prompt with its n
-    completions."""
+    """One forward/backward pass over some rows of a ``RolloutBatch``: prompts, each with some of its completions."""
 
-    rows: list[int]  # completion rows of the batch, group-major
-    prompt_ids: list[list[int]]  # [b] one per group
-    completion_ids: list[list[int]]  # [b*n]
+    rows: list[int]  # completion rows of the batch, grouped by prompt
+    prompt_ids: list[list[int]]  # [b] the prompts of these rows, once each
+    completion_ids: list[list[int]]  # [rows]
+    counts: list[int]  # [b] rows of each prompt
 
 
-def micro_batches(r: RolloutBatch, groups: list[int], size: int) -> Iterator[MicroBatch]:
-    """The micro-batches of ``groups`` (prompt indices of ``r``), ``size`` whole groups each, in order: what the
-    loss pass, the stored old log-probs and the confidence reward all run their passes over."""
-    for start in range(0, len(groups), size):
-        chunk = groups[start:start + size]
-        rows = [i for b in chunk for i in range(b * r.n, (b + 1) * r.n)]
-        yield MicroBatch(rows, [r.prompt_ids[b] for b in chunk], [r.completion_ids[i] for i in rows])
+def pass_tokens(prompt_lens: list[int], completion_lens: list[int]) -> int:
+    """What one pass holds, in tokens: its prompts padded to the longest, once each (the shared prefix), and its
+    completions padded to the longest. Activation memory is proportional to it."""
+    if not completion_lens:
+        return 0
+    return len(prompt_lens) * max(prompt_lens, default=0) + len(completion_lens) * max(completion_lens)
+
+
+def micro_batches(r: RolloutBatch, groups: list[int], budget: int) -> Iterator[MicroBatch]:
+    """The rows of ``groups`` (prompt indices of ``r``) in passes of at most ``budget`` tokens (:func:`pass_tokens`):
+    whole groups while they fit, longest completions first (so a pass pads little), a group too long for one pass
+    split over several (each with its prompt); what the loss pass, the stored old log-probs and the confidence reward
+    all run their passes over. A single completion longer than the budget with its prompt is an error (no pass can
+    hold it: raise ``module.micro_batch_tokens``)."""
+    longest = {b: max((len(r.completion_ids[i]) for i in range(b * r.n, (b + 1) * r.n)), default=0) for b in groups}
+    pending: list[tuple[int, list[int]]] = []  # (prompt, its rows) of the pass being filled
+
+    def cost(parts: list[tuple[int, list[int]]]) -> int:
+        return pass_tokens([len(r.prompt_ids[b]) for b, _ in parts],
+                           [len(r.completion_ids[i]) for _, rows in parts for i in rows])
+
+    def emit(parts: list[tuple[int, list[int]]]) -> MicroBatch:
+        rows = [i for _, part in parts for i in part]
+        return MicroBatch(rows, [r.prompt_ids[b] for b, _ in parts], [r.completion_ids[i] for i in rows],
+                          [len(part) for _, part in parts])
+
+    for b in sorted(groups, key=lambda g: -longest[g]):  # stable: ties keep the batch's order
+        rows = list(range(b * r.n, (b + 1) * r.n))
+        if cost([*pending, (b, rows)]) <= budget:
+            pending.append((b, rows))
+            continue
+        if pending:
+            yield emit(pending)
+            pending = []
+        if cost([(b, rows)]) <= budget:
+            pending = [(b, rows)]
+            continue
+        for part in _split(r, b, rows, budget):  # one group over several passes
+            yield emit([(b, part)])
+    if pending:
+        yield emit(pending)
+
+
+def _split(r: RolloutBatch, b: int, rows: list[int], budget: int) -> Iterator[list[int]]:
+    """``rows`` of prompt ``b`` in consecutive parts that each fit ``budget`` with the prompt."""
+    part: list[int] = []
+    for i in sorted(rows, key=lambda i: -len(r.completion_ids[i])):
+        if pass_tokens([len(r.prompt_ids[b])], [len(r.completion_ids[i])]) > budget:
+            raise ValueError(f"module.micro_batch_tokens={budget}; accepted: at least one prompt and its completion "
+                             f"({len(r.prompt_ids[b])} + {len(r.completion_ids[i])} tokens here): a pass must hold one")
+        if part and pass_tokens([len(r.prompt_ids[b])], [len(r.completion_ids[j]) for j in [*part, i]]) > budget:
+            yield part
+            part = []
+        part.append(i)
+    if part:
+        yield part
 
 
 class TokenLogprobs(NamedTuple):

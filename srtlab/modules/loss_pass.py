@@ -1,4 +1,4 @@
-"""The gradient pass of one update: the policy loss over micro-batches of whole groups, and its metrics.
+"""The gradient pass of one update: the policy loss over micro-batches of at most a token budget, and its metrics.
 
 Three steps, one function each:
 
@@ -39,11 +39,11 @@ SUMS = ("loss", "kl", "entropy", "clip_fraction", "dual_clip_fraction", "is_weig
 
 
 @torch.no_grad()
-def stored_logprobs(r: RolloutBatch, logprobs: LogprobFn, micro_batch_prompts: int) -> list[list[float]]:
+def stored_logprobs(r: RolloutBatch, logprobs: LogprobFn, micro_batch_tokens: int) -> list[list[float]]:
     """The trainer's log-probs of every completion before any update: the "old" policy of PPO epochs."""
     out: list[list[float]] = [[] for _ in range(len(r))]
-    for part in micro_batches(r, list(range(len(r.prompts))), micro_batch_prompts):
-        logp, mask, _ = logprobs(part.prompt_ids, part.completion_ids, r.n)
+    for part in micro_batches(r, list(range(len(r.prompts))), micro_batch_tokens):
+        logp, mask, _ = logprobs(part.prompt_ids, part.completion_ids, part.counts)
         for j, i in enumerate(part.rows):
             out[i] = logp[j][mask[j]].float().cpu().tolist()
     return out
@@ -70,7 +70,7 @@ def trained_lengths(r: RolloutBatch, rows: list[int]) -> torch.Tensor:
     return torch.tensor([float(len(r.completion_ids[i])) for i in rows])
 
 
-def normalisers(r: RolloutBatch, groups: list[int], active: list[int], skipped: list[int], micro_batch_prompts: int,
+def normalisers(r: RolloutBatch, groups: list[int], active: list[int], skipped: list[int], micro_batch_tokens: int,
                 max_tokens: int | None, device: torch.device) -> Normalisers:
     """The global counts of one update of ``groups`` (``active``: trained, ``skipped``: entropy only)."""
     rows = [i for b in groups for i in range(b * r.n, (b + 1) * r.n)]
@@ -78,8 +78,8 @@ def normalisers(r: RolloutBatch, groups: list[int], active: list[int], skipped: 
     token_sum, seq_sum, active_sum, group_sum = ranks.all_reduce(
         [float(lengths.sum()), len(rows), len(active), len(groups)], "sum", device)
     longest, passes, entropy_passes = ranks.all_reduce(
-        [float(lengths.max()) if len(lengths) else 0.0, _count(active, micro_batch_prompts),
-         _count(skipped, micro_batch_prompts)], "max", device)
+        [float(lengths.max()) if len(lengths) else 0.0, _count(r, active, micro_batch_tokens),
+         _count(r, skipped, micro_batch_tokens)], "max", device)
     max_tokens = max_tokens or int(max(longest, 1.0)) if seq_sum else 1
     return Normalisers(tokens=token_sum, sequences=seq_sum, max_tokens=max_tokens, active_groups=active_sum,
                        groups=group_sum, passes=int(passes), entropy_passes=int(entropy_passes))
@@ -92,7 +92,7 @@ def micro_batch_loss(part: MicroBatch, logprobs: LogprobFn, reference: Reference
     """The loss of one micro-batch, weighted by its share of the update (tokens for ``token_mean``, sequences
     otherwise), and its metric sums; -> (loss, sums, is_weight_max)."""
     sums = dict.fromkeys(SUMS, 0.0)
-    logp, mask, entropy = logprobs(part.prompt_ids, part.completion_ids, r.n)  # [b*n, T]
+    logp, mask, entropy = logprobs(part.prompt_ids, part.completion_ids, part.counts)  # [rows, T]
     if r.loss_mask is not None:  # only some completion tokens are trained (e.g. a reflection)
         mask = mask & right_pad([r.loss_mask[i] for i in part.rows], 0)[0].bool().to(mask.device)
     width = logp.shape[1]
@@ -111,7 +111,7 @@ def micro_batch_loss(part: MicroBatch, logprobs: LogprobFn, reference: Reference
     loss, m = policy_gradient_loss(logp, old_logp, adv[part.rows], train_mask, algo.clip_eps, algo.clip_eps_high,
                                    algo.loss_agg, norm.max_tokens, token_weights=weights, dual_clip=algo.dual_clip)
     if algo.kl_coef > 0 and reference is not None:
-        kl = kl_k3(logp, reference(part.prompt_ids, part.completion_ids, r.n))  # [b*n, T]
+        kl = kl_k3(logp, reference(part.prompt_ids, part.completion_ids, part.counts))  # [rows, T]
         loss = loss + algo.kl_coef * aggregate(kl, train_mask, algo.loss_agg, norm.max_tokens)
         sums["kl"] = float(masked_mean(kl.detach(), mask)) * tokens
     share = float(train_mask.sum()) / max(norm.tokens, 1.0) if algo.loss_agg == "token_mean" \
@@ -125,11 +125,11 @@ def micro_batch_loss(part: MicroBatch, logprobs: LogprobFn, reference: Reference
 # -- 3. the entropy of the skipped groups ------------------------------------------------------------------
 @torch.no_grad()
 def skipped_entropy(r: RolloutBatch, skipped: list[int], groups: list[int], logprobs: LogprobFn,
-                    micro_batch_prompts: int, passes: int) -> tuple[float, float]:
+                    micro_batch_tokens: int, passes: int) -> tuple[float, float]:
     """-> (entropy summed over tokens, tokens) of the groups the gradient pass skipped (no gradient)."""
     total, tokens = 0.0, 0.0
-    for part, weight in _padded(r, skipped, groups, micro_batch_prompts, passes):
-        _, mask, entropy = logprobs(part.prompt_ids, part.completion_ids, r.n)
+    for part, weight in _padded(r, skipped, groups, micro_batch_tokens, passes):
+        _, mask, entropy = logprobs(part.prompt_ids, part.completion_ids, part.counts)
         if weight:
             total += float(masked_mean(entropy, mask)) * float(mask.sum())
             tokens += float(mask.sum())
@@ -138,7 +138,7 @@ def skipped_entropy(r: RolloutBatch, skipped: list[int], groups: list[int], logp
 
 # -- the pass ----------------------------------------------------------------------------------------------
 def loss_pass(r: RolloutBatch, adv: torch.Tensor, logprobs: LogprobFn, reference: ReferenceFn | None,
-              algo: AlgorithmSettings, micro_batch_prompts: int, backward: Callable[[torch.Tensor], None],
+              algo: AlgorithmSettings, micro_batch_tokens: int, backward: Callable[[torch.Tensor], None],
               max_tokens: int | None = None, groups: list[int] | None = None, train_every_group: bool = False,
               old: list[list[float]] | None = None, measure_skipped: bool = True) -> dict[str, float]:
     """Forward and ``backward(loss)`` over micro-batches of ``groups`` (default: all); -> ``train/*`` metrics.
@@ -156,16 +156,16 @@ def loss_pass(r: RolloutBatch, adv: torch.Tensor, logprobs: LogprobFn, reference
     groups = list(range(len(r.prompts))) if groups is None else list(groups)
     active = [b for b in groups if train_every_group or bool(adv[b * n:(b + 1) * n].abs().sum() > 0)]
     skipped = sorted(set(groups) - set(active)) if measure_skipped else []
-    norm = normalisers(r, groups, active, skipped, micro_batch_prompts, max_tokens, adv.device)
+    norm = normalisers(r, groups, active, skipped, micro_batch_tokens, max_tokens, adv.device)
     world = ranks.world_size()
     sums, is_max = dict.fromkeys(SUMS, 0.0), 0.0
-    for part, weight in _padded(r, active, groups, micro_batch_prompts, norm.passes):
+    for part, weight in _padded(r, active, groups, micro_batch_tokens, norm.passes):
         loss, found, part_max = micro_batch_loss(part, logprobs, reference, r, adv, old, algo, norm)
         backward(loss * (world * weight))  # x N: DDP / FSDP divide the summed gradients by N
         if weight:  # a zero-weight pass only keeps the ranks in step
             sums = {k: sums[k] + found[k] for k in SUMS}
             is_max = max(is_max, part_max)
-    entropy, entropy_tokens = skipped_entropy(r, skipped, groups, logprobs, micro_batch_prompts, norm.entropy_passes)
+    entropy, entropy_tokens = skipped_entropy(r, skipped, groups, logprobs, micro_batch_tokens, norm.entropy_passes)
     sums["entropy"] += entropy
     sums["entropy_tokens"] += entropy_tokens
     sums = dict(zip(sums, ranks.all_reduce(list(sums.values()), "sum", adv.device)))
@@ -193,18 +193,18 @@ def _metrics(sums: dict[str, float], is_max: float, norm: Normalisers, algo: Alg
     return stats
 
 
-def _count(groups: list[int], size: int) -> int:
-    """Micro-batches of ``size`` groups needed for ``groups``."""
-    return -(-len(groups) // size)
+def _count(r: RolloutBatch, groups: list[int], budget: int) -> int:
+    """Passes needed for ``groups`` within ``budget`` tokens each."""
+    return sum(1 for _ in micro_batches(r, groups, budget))
 
 
-def _padded(r: RolloutBatch, chosen: list[int], groups: list[int], size: int, passes: int
+def _padded(r: RolloutBatch, chosen: list[int], groups: list[int], budget: int, passes: int
             ) -> Iterator[tuple[MicroBatch, float]]:
-    """The micro-batches of ``chosen`` with weight 1, then zero-weight repeats of ``groups``' first group
-    up to ``passes`` in all (the common pass count of the ranks)."""
+    """The micro-batches of ``chosen`` with weight 1, then zero-weight repeats of the first pass of ``groups``' first
+    group up to ``passes`` in all (the common pass count of the ranks)."""
     done = 0
-    for part in micro_batches(r, chosen, size):
+    for part in micro_batches(r, chosen, budget):
         yield part, 1.0
         done += 1
     for _ in range(done, passes):
-        yield next(micro_batches(r, groups[:1], size)), 0.0
+        yield next(micro_batches(r, groups[:1], budget)), 0.0

@@ -72,7 +72,9 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         rollouts: the rollout stage (engine, sampling, program); None for a module that only scores.
         reward: the reward mix of training batches.
         grad_clip: the largest gradient norm (clipped before each optimizer step); 0: no clipping.
-        micro_batch_prompts: prompts (each with its G completions) per forward/backward pass.
+        micro_batch_tokens: the most tokens one forward/backward pass holds (prompts once each, completions padded:
+            ``srtlab.models.forward.pass_tokens``); activation memory is proportional to it. Groups are packed
+            whole while they fit, a longer one split.
         samples_every: write ``samples/train_step<N>.jsonl`` every this many steps; 0: never.
         temperature: the sampling temperature; log-probs are taken of the same tempered distribution
             (default: ``rollouts.sampling.temperature``).
@@ -87,7 +89,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
                  optimizer: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
                  lr_schedule: Callable[[torch.optim.Optimizer], object] | None = None,
                  rollouts: Rollouts | None = None, reward: RewardMix | None = None,
-                 grad_clip: Annotated[float, real(0)] = 1.0, micro_batch_prompts: Annotated[int, integer(1)] = 4,
+                 grad_clip: Annotated[float, real(0)] = 1.0, micro_batch_tokens: Annotated[int, integer(1)] = 16384,
                  samples_every: Annotated[int, integer(0)] = 0,
                  temperature: Annotated[float | None, real(0, 100, null=True)] = None,
                  logprob_chunk: Annotated[int | None, integer(1, null=True)] = None) -> None:
@@ -102,7 +104,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         self.update_skips: dict[str, dict[str, float]] = {}  # owner -> {prompt id: skip probability}
         if temperature is None:
             temperature = rollouts.sampling.temperature if rollouts is not None else 1.0
-        self.micro_batch_prompts, self.temperature = micro_batch_prompts, temperature or 1.0
+        self.micro_batch_tokens, self.temperature = micro_batch_tokens, temperature or 1.0
         self.samples_every, self.logprob_chunk = samples_every, logprob_chunk
         self.automatic_optimization = False
         self.strict_loading = False  # the reference model is not saved in checkpoints
@@ -277,7 +279,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
             nonlocal reward_s
             t = time.perf_counter()
             out = self.reward(rollouts, token_stats=self.scoring_stats, engine=engine,
-                              micro_batch_prompts=self.micro_batch_prompts)
+                              micro_batch_tokens=self.micro_batch_tokens)
             reward_s += time.perf_counter() - t
             return out
 
@@ -333,7 +335,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         updates = [part for _ in range(algo.ppo_epochs) for part in parts if part]
         old = None
         if len(updates) > 1:
-            old = stored_logprobs(r, self.policy_logprobs, self.micro_batch_prompts)
+            old = stored_logprobs(r, self.policy_logprobs, self.micro_batch_tokens)
         totals: dict[str, list[float]] = {}
         for i, part in enumerate(updates):
             opt.zero_grad()
@@ -360,7 +362,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         max_tokens = self.algorithm.max_tokens or (self.rollouts.sampling.max_new_tokens if self.rollouts else None)
         return loss_pass(r, adv, self.policy_logprobs,
                          self.reference_logprobs if self.algorithm.kl_coef > 0 else None, self.algorithm,
-                         self.micro_batch_prompts, backward, max_tokens=max_tokens, groups=groups,
+                         self.micro_batch_tokens, backward, max_tokens=max_tokens, groups=groups,
                          train_every_group=every, old=old, measure_skipped=measure_skipped)
 
     def _write_train_samples(self, r: RolloutBatch, adv: torch.Tensor, step: int) -> None:

@@ -34,7 +34,7 @@ class RewardContext:
     gold: torch.Tensor  # [B*G] the gold verdict (1.0 / 0.0; NaN where a prompt has no gold answer)
     token_stats: TokenStatsFn | None = None
     engine: RolloutEngine | None = None
-    micro_batch_prompts: int = 4  # prompts per ``token_stats`` call
+    micro_batch_tokens: int = 16384  # tokens per ``token_stats`` call (srtlab.models.forward.micro_batches)
 
 
 @runtime_checkable

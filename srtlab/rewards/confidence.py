@@ -21,7 +21,7 @@ thing whatever the kind. ``"zscore"`` standardises within the group; ``"none"`` 
 Cost and a deviation from "in the training forward pass": the reward is needed before advantages are
 computed, so it cannot come from the gradient pass itself. It is one extra no-grad forward pass of the
 trainer's model over the B*G completions (each prompt's pass shared by its G completions, in micro-batches
-of ``micro_batch_prompts`` prompts, under the trainer's precision), with the full-vocabulary statistics made in
+of at most ``micro_batch_tokens`` tokens, under the trainer's precision), with the full-vocabulary statistics made in
 chunks of tokens by the same function as the loss's log-probs (``srtlab.models.forward.token_stats``), so nothing of
 vocabulary size is kept, leaves the trainer or comes from the engine.
 A completion with no tokens gets NaN; every other completion has an opinion, readable answer or not.
@@ -116,9 +116,9 @@ class Confidence:
 
     @torch.no_grad()
     def raw_values(self, rollouts: RolloutBatch, ctx: RewardContext) -> torch.Tensor:
-        """[B*G] raw statistic with the trainer's weights, micro-batched by whole groups."""
-        out = []
-        for part in micro_batches(rollouts, list(range(len(rollouts.prompts))), max(1, ctx.micro_batch_prompts)):
-            stats = ctx.token_stats(part.prompt_ids, part.completion_ids, rollouts.n, self.temperature)  # [b*n, T]
-            out.append(sequence_confidence(stats, self.kind).cpu())
-        return torch.cat(out).float()
+        """[B*G] raw statistic with the trainer's weights, in passes of at most ``ctx.micro_batch_tokens`` tokens."""
+        values = torch.full((len(rollouts),), math.nan)
+        for part in micro_batches(rollouts, list(range(len(rollouts.prompts))), ctx.micro_batch_tokens):
+            stats = ctx.token_stats(part.prompt_ids, part.completion_ids, part.counts, self.temperature)  # [rows, T]
+            values[part.rows] = sequence_confidence(stats, self.kind).cpu().float()
+        return values

@@ -17,7 +17,6 @@ from srtlab.rollout.engine import RolloutEngine
 from srtlab.settings import Annotated, checked, fail, is_real, mapping, real
 from srtlab.types import RewardOutput, RolloutBatch
 
-
 MAX_WEIGHT = 100.0
 WEIGHT_BOUND = ("sources score in [0, 1], so a weight 100 times another's already drowns it; larger values only "
                 "overflow the float32 reward")
@@ -60,13 +59,13 @@ class RewardMix:
         return RewardMix(sources, full, self.abstain_value)
 
     def __call__(self, rollouts: RolloutBatch, token_stats: TokenStatsFn | None = None,
-                 engine: RolloutEngine | None = None, micro_batch_prompts: int = 4) -> RewardOutput:
-        """Score a batch; ``token_stats``, ``engine`` and ``micro_batch_prompts``: what sources may use
+                 engine: RolloutEngine | None = None, micro_batch_tokens: int = 16384) -> RewardOutput:
+        """Score a batch; ``token_stats``, ``engine`` and ``micro_batch_tokens``: what sources may use
         (``RewardContext``)."""
         # 1. what every source shares, computed once: the votes and the gold verdicts
         scoring = ScoreStats()  # answers the bounded comparison refused or timed out: counted, not waited for
         ctx = RewardContext(votes=vote_groups(rollouts, scoring), gold=self.gold.verdicts(rollouts, scoring),
-                            token_stats=token_stats, engine=engine, micro_batch_prompts=micro_batch_prompts)
+                            token_stats=token_stats, engine=engine, micro_batch_tokens=micro_batch_tokens)
         # 2. every source, and the gold monitor when it is not a source
         outputs = {name: self._run(name, source, rollouts, ctx) for name, source in self.sources.items()}
         if self.gold_name not in outputs:

@@ -46,7 +46,7 @@ def test_shared_prompt_forward_gives_the_same_logprobs_and_gradients(tiny_model_
 
 def test_skipping_unanimous_groups_keeps_the_batch_gradient(tiny_model_dir):
     module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(advantage="rloo"),
-                          micro_batch_prompts=1)
+                          micro_batch_tokens=22)  # one group per pass
     module.configure_model()
     rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0])  # group 0 unanimous: zero advantage
     batch = RolloutBatch(prompts=[Prompt(id=str(i), messages=[], task="t") for i in range(2)], n=4,
@@ -79,9 +79,9 @@ def test_micro_batch_split_keeps_the_gradient_for_every_aggregation_with_a_loss_
     mask = [[1] * len(c) for c in COMPLETIONS]
     mask[0][1] = mask[2][0] = mask[2][3] = 0  # some tokens are not trained (as a reflection's retry)
     grads = []
-    for micro in (1, 2):
+    for budget in (10, 22, 1000):  # groups split over passes, a group a pass, one pass (tokens: pass_tokens)
         module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(loss_agg=agg, max_tokens=5),
-                              micro_batch_prompts=micro)
+                              micro_batch_tokens=budget)
         module.configure_model()
         module.accumulate_gradients(_batch(rewards, mask), rloo(rewards, 4), lambda loss: loss.backward())
         grads.append([p.grad.clone() for p in module.model.parameters()])
@@ -105,7 +105,7 @@ def test_micro_batch_split_keeps_the_gradient_for_every_aggregation_with_a_loss_
 
 def test_kl_term_moves_the_loss_and_its_gradient(tiny_model_dir):
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
-    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(kl_coef=0.5), micro_batch_prompts=2)
+    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(kl_coef=0.5), micro_batch_tokens=1000)
     module.configure_model()
     with torch.no_grad():  # the policy moves away from the frozen reference (a real step would)
         for p in module.model.parameters():

@@ -103,10 +103,10 @@ def reference(model, kind: str) -> list[float]:
 
 @pytest.mark.parametrize("kind", ["self_certainty", "neg_entropy", "seq_logprob"])
 def test_raw_values_through_the_policy_match_separate_forward_passes(kind, tiny_model_dir):
-    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(), micro_batch_prompts=1)
+    module = PolicyModule(ModelSettings(str(tiny_model_dir)), AlgorithmSettings(), micro_batch_tokens=16)
     module.configure_model()  # in train mode, as during fit; the source scores in eval mode and restores it
     batch = _batch()
-    out = Confidence(kind=kind, normalize="none")(batch, ctx_for(batch, token_stats=module.scoring_stats, micro_batch_prompts=1))
+    out = Confidence(kind=kind, normalize="none")(batch, ctx_for(batch, token_stats=module.scoring_stats, micro_batch_tokens=16))
     torch.testing.assert_close(out.rewards, torch.tensor(reference(module.model, kind)), equal_nan=True,
                                rtol=1e-4, atol=1e-5)
     assert module.model.training
