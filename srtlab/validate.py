@@ -5,8 +5,9 @@ value and what is accepted. Every key is checked in one place:
 
 1. the objects own their keys: ``check_config`` builds them (``srtlab.builder``: the module with its model
    settings, rollout stage, reward mix and objective; the datamodule; the callbacks; the label settings), and
-   each checks its own values as it is built (``srtlab.settings``). Nothing heavy is loaded: no model, no
-   tokenizer; a data file is opened and one row of each split read;
+   each checks its own values as it is built (``srtlab.settings``). Nothing heavy is loaded: no model; a data
+   file (not a built-in set) is read whole and its prompts counted with the model's tokenizer, and the model's
+   context is read from its config.json (``srtlab.data.limits``);
 2. what no srtlab object owns is checked here: the run's own keys (:data:`RUN`), the nodes that Lightning and
    torch take (``trainer.*``, ``logger.*``, ``optim.*``, ``lr_schedule.*``: built on a stand-in, so their own
    checks run, with srtlab's bounds on top), keys that depend on each other (the global batch and the ranks),
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from srtlab.builder import Builder, BuildError
+from srtlab.builder import Builder, BuildError, user_key
 from srtlab.settings import (
     Rule,
     SettingError,
@@ -235,15 +237,24 @@ def object_keys(cfg: DictConfig) -> list[str]:
 
 
 def check_objects(cfg: DictConfig) -> list[str]:
-    """Build every srtlab object of the config (nothing heavy loads); -> their problems, one line each."""
+    """Build every srtlab object of the config (nothing heavy loads); -> their problems, one line each, each named
+    by the key the user set (a constructor's check of a field that repeats another key, ``data.max_new_tokens:
+    ${rollout.sampling.max_new_tokens}``, names the key it repeats)."""
     builder = Builder(cfg)
     errors: list[str] = []
     for key in object_keys(cfg):
         try:
             builder(key)
         except (SettingError, BuildError) as err:
-            errors += [line for line in str(err).splitlines() if line not in errors]
+            lines = [_as_set(cfg, line) for line in str(err).splitlines()]
+            errors += [line for line in lines if line not in errors]
     return errors
+
+
+def _as_set(cfg: DictConfig, line: str) -> str:
+    """``line`` (``KEY=VALUE; accepted: ...``) with KEY replaced by the key the user set for it."""
+    key, sep, rest = line.partition("=")
+    return f"{user_key(cfg, key)}{sep}{rest}" if sep and re.fullmatch(r"[\w.]+", key) else line
 
 
 # -- paths --------------------------------------------------------------------------------------------

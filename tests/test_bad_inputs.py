@@ -7,6 +7,7 @@ run as subprocesses for the exit status. Crafted checkpoint files must not run c
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -25,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 # out-of-range value each
 TABLE = [
     # run
-    ("fit", ["module.micro_batch_prompts=0"], "module.micro_batch_prompts=0; accepted: an integer >= 1"),
-    ("fit", ["module.micro_batch_prompts=1.5"], "module.micro_batch_prompts=1.5; accepted: an integer >= 1"),
+    ("fit", ["module.micro_batch_tokens=0"], "module.micro_batch_tokens=0; accepted: an integer >= 1"),
+    ("fit", ["module.micro_batch_tokens=1.5"], "module.micro_batch_tokens=1.5; accepted: an integer >= 1"),
     ("fit", ["seed=-1"], "seed=-1; accepted: an integer >= 0"),
     ("fit", ["seed=abc"], "seed='abc'"),
     ("fit", ["checkpoint_every=0"], "checkpoint_every=0"),
@@ -60,12 +61,18 @@ TABLE = [
     ("fit", ["rollout.sampling.top_k=2.5"], "rollout.sampling.top_k=2.5"),
     ("fit", ["rollout.sampling.top_p=0"], "rollout.sampling.top_p=0; accepted: a number in (0, 1]"),
     ("fit", ["rollout.sampling.max_new_tokens=0"], "rollout.sampling.max_new_tokens=0"),
+    ("fit", ["rollout.sampling.max_new_tokens=100000000"],  # the model's context (the tiny model's: 1024) and it
+     "rollout.sampling.max_new_tokens=100000000; accepted: an integer below 1024, the model's context "
+     "(max_position_embeddings in "),
     ("fit", ["rollout.sampling.stop=Answer"], "rollout.sampling.stop='Answer'; accepted: a list of non-empty strings"),
     ("fit", ["rollout.sampling.min_new_tokens=40"],  # the key set, not rollout.val_sampling (which repeats it)
      "rollout.sampling.min_new_tokens=40; accepted: at most max_new_tokens (32)"),
     # data
     ("fit", ["data.val_size=0"], "data.val_size=0; accepted: an integer >= 1"),
     ("fit", ["data.batch_size=two"], "data.batch_size='two'"),
+    ("fit", ["data.batch_size=100000"], "data.batch_size=100000; accepted: at most data.train_size (2000), the "
+                                        "training prompts a batch is drawn from"),
+    ("fit", ["data.max_prompt_tokens=0"], "data.max_prompt_tokens=0; accepted: an integer >= 1 or null"),
     ("fit", ["data.task=letter_countin"], "data.task='letter_countin'; accepted: a Reasoning Gym task"),
     ("fit", ["data=chain_sum", "data.task_config.min_digits=50"], "data.task_config={'min_digits': 50, 'max_digits': 1}; accepted: what reasoning-gym ChainSumConfig allows (max_digits must be >= min_digits)"),
     ("fit", ["+data.task_config.max_wordz=3"], "max_wordz"),
@@ -153,6 +160,69 @@ def test_bad_value_is_one_line_and_writes_nothing(cli, command, overrides, expec
     status, lines, cwd = cli(command, *overrides)
     _assert_one_line(status, lines, expected)
     assert list(cwd.iterdir()) == []  # no outputs/<name>/<date>/, no .hydra/, no log
+
+
+# -- data files: checked like config values, before any model loads ---------------------------------
+def _rows(n: int, start: int = 0) -> str:
+    return "".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                   for i in range(start, start + n))
+
+
+# (what the file holds, overrides, what the one line says after "data.source.path='<file>'; accepted: "): the
+# defaults of data=file draw 64 held-out prompts and batches of 8; the tiny model's context is 1024 tokens
+DATA_FILES = [
+    ("empty", "", [], "a file with at least one row (this one has none)"),
+    ("malformed_line", _rows(3) + '{"question": "b" "answer": "2"}\n' + _rows(80, 3), [],
+     "one JSON object per line (line 4 is not JSON: Expecting ',' delimiter at column 18)"),
+    ("not_an_object", _rows(80) + "[1, 2]\n", [], "one JSON object per line (line 81 is a JSON list, not an object)"),
+    ("integer_question", _rows(80) + '{"question": 7, "answer": "8"}\n{"question": 9, "answer": "10"}\n', [],
+     "rows whose question is a non-empty string (line 81: question is 7; 2 rows in all)"),
+    ("empty_question", _rows(80) + '{"question": "", "answer": "1"}\n', [],
+     "rows whose question is a non-empty string (line 81: no question / problem / prompt)"),
+    ("list_answer", _rows(80) + '{"question": "x?", "answer": ["4"]}\n', [],
+     "rows whose gold answer is a non-empty string, a number or null (line 81: answer is ['4'])"),
+    ("empty_answer", _rows(80) + '{"question": "x?", "answer": " "}\n', [],
+     "rows whose gold answer is a non-empty string, a number or null (line 81: answer is ' ')"),
+    ("5mb_question", json.dumps({"question": "x" * 5_000_000, "answer": "1"}) + "\n", [],
+     "rows whose prompt fits in 992 tokens (the model's context, 1024, less rollout.sampling.max_new_tokens, 32); "
+     "its one row is longer"),
+    ("longer_than_max_prompt_tokens", _rows(80), ["data.max_prompt_tokens=5"],
+     "rows whose prompt fits in 5 tokens (data.max_prompt_tokens); all 80 rows are longer"),
+]
+# the same files, named by another key
+DATA_KEYS = [
+    ("few_rows", _rows(20), [], "data.val_size=64; accepted: fewer than the 20 distinct questions of '{path}': the "
+                                "held-out set is drawn from them (no data.source.val_path) and training needs the rest"),
+    ("batch_larger_than_the_file", _rows(200), ["data.batch_size=100000"],
+     "data.batch_size=100000; accepted: at most 136, the training prompts of '{path}' left once 64 are held out "
+     "(data.val_size)"),
+    ("max_prompt_tokens_past_the_context", _rows(80), ["data.max_prompt_tokens=2000"],
+     "data.max_prompt_tokens=2000; accepted: at most 992: the model's context, 1024 tokens (max_position_embeddings "
+     "in "),
+    ("malformed_val_path", _rows(80), ["data.source.val_path={bad}"],
+     "data.source.val_path='{bad}'; accepted: one JSON object per line (line 1 is not JSON: Expecting value at "
+     "column 1)"),
+]
+
+
+@pytest.mark.parametrize("name,content,overrides,expected", DATA_FILES, ids=[c[0] for c in DATA_FILES])
+def test_bad_data_file_is_one_line_naming_the_file_and_line(cli, tmp_path, name, content, overrides, expected):
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text(content)
+    status, lines, cwd = cli("fit", "data=file", f"data.source.path={path}", *overrides)
+    _assert_one_line(status, lines, f"data.source.path='{path}'; accepted: {expected}")
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("name,content,overrides,expected", DATA_KEYS, ids=[c[0] for c in DATA_KEYS])
+def test_data_file_too_small_for_the_config_names_the_key(cli, tmp_path, name, content, overrides, expected):
+    path, bad = tmp_path / f"{name}.jsonl", tmp_path / "bad.jsonl"
+    path.write_text(content)
+    bad.write_text("not json\n")
+    filled = [o.format(bad=bad) for o in overrides]
+    status, lines, cwd = cli("fit", "data=file", f"data.source.path={path}", *filled)
+    _assert_one_line(status, lines, expected.format(path=path, bad=bad))
+    assert list(cwd.iterdir()) == []
 
 
 # -- files and paths ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ of levels (``set_mixture``); the batch of step ``s`` is then a pure function of 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -25,7 +26,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from srtlab.data.prompts import PromptFormat
+from srtlab.data.limits import held_out_problems, limit_problems, prompt_limit, train_problems
+from srtlab.data.prompts import PromptBudget, PromptFormat
 from srtlab.data.sources import (
     DatasetSource,
     ReasoningGymSource,
@@ -34,9 +36,12 @@ from srtlab.data.sources import (
     reads_builtins_only,
     task_problems,
 )
+from srtlab.models.load import ModelSettings, context_length, load_tokenizer, resolve_model_path
 from srtlab.seeds import data_seed, heldout_seed
-from srtlab.settings import Annotated, checked, fail, integer, mapping, text, within
+from srtlab.settings import Annotated, Problem, checked, fail, integer, is_int, mapping, problem, text, within
 from srtlab.types import Prompt, PromptBatch
+
+log = logging.getLogger(__name__)
 
 
 def allocate(weights: Sequence[float], total: int) -> list[int]:
@@ -141,6 +146,17 @@ class PromptDataModule(L.LightningDataModule):
         extra_val: more held-out sets by name, each a zero-argument factory (e.g. MATH-500).
         train_ids_from: a teacher labels file (``python -m srtlab label``): train only on its kept
             prompts (``reward=teacher``); the file's questions must be this training set's.
+        max_prompt_tokens: prompts longer than this many tokens (as the engine renders them) are left out and
+            counted in the log; None: the model's context less the longest ``max_new_tokens``
+            (``srtlab.data.limits``).
+        model: the policy's settings (the config's ``model``): its tokenizer counts prompt tokens, its config.json
+            gives the context; None: prompts are not counted.
+        max_new_tokens, val_max_new_tokens: the completions' room in the context (repeat
+            ``rollout.sampling.max_new_tokens`` and ``rollout.val_sampling``'s).
+
+    A file (not a built-in set) is read whole when the datamodule is built, before any model loads: an empty
+    file, a line that is not a JSON object, a question that is not a non-empty string, too few rows for
+    ``val_size`` or ``batch_size``, or no prompt that fits, is a config error naming the file and the line.
     """
 
     def __init__(self, task: Annotated[str | None, text(null=True)], prompt: PromptFormat,
@@ -152,24 +168,37 @@ class PromptDataModule(L.LightningDataModule):
                  extra_val: Annotated[dict[str, Callable[[], Sequence[Prompt]]] | None, mapping(null=True)] = None,
                  presets: Annotated[dict[str, dict] | None, mapping(null=True)] = None,
                  train_ids_from: Annotated[str | None, text(null=True)] = None,
-                 source: Callable[..., DatasetSource] | None = None) -> None:
+                 source: Callable[..., DatasetSource] | None = None,
+                 max_prompt_tokens: Annotated[int | None, integer(1, null=True)] = None,
+                 model: ModelSettings | None = None,
+                 max_new_tokens: Annotated[int | None, integer(1, null=True)] = None,
+                 val_max_new_tokens: Annotated[int | None, integer(1, null=True)] = None) -> None:
         super().__init__()
         if task_config is None:
             task_config = (presets or {}).get(task, {}) if source is None else {}
-        self.source = source
-        if source is None:
-            fail(type(self), task_problems(task, dict(task_config)))  # fail now, before any model loads
-        elif not reads_builtins_only(source):  # read a prompt of each split now: a bad path, field or filter
-            with within("source"):              # fails before any model loads
-                for split in ("val", "train"):
-                    task = source(config=dict(task_config), size=1, split=split, name=task).name
-        else:  # built-in sets are known to read; they are fetched at setup, so composing a config stays offline
-            task = task or source.keywords["path"]
-        self.task, self.task_config, self.prompt = task, dict(task_config or {}), prompt
+        self.source, self.task, self.task_config, self.prompt = source, task, dict(task_config or {}), prompt
         self.batch_size, self.train_size, self.val_size = batch_size, train_size, val_size
         self.val_batch_size, self.seed = val_batch_size, seed
         self.extra_val = dict(extra_val or {})
         self.train_ids_from = train_ids_from
+        self.model, self.max_prompt_tokens = model, max_prompt_tokens
+        # repeated from rollout.*: a wrong type is reported there, where it is set
+        self.new_tokens = {k: v for k, v in (("max_new_tokens", max_new_tokens),
+                                             ("val_max_new_tokens", val_max_new_tokens)) if is_int(v) and v > 0}
+        if train_size is not None and batch_size > train_size:
+            fail(type(self), [problem("batch_size", batch_size, f"at most data.train_size ({train_size}), the "
+                                                                "training prompts a batch is drawn from")])
+        fail(type(self), self._limit_problems())  # before any model loads: the context is read from config.json
+        self.budget: PromptBudget | None = None
+        self._drawn: tuple[DatasetSource, DatasetSource] | None = None
+        if source is None:
+            fail(type(self), task_problems(task, self.task_config))  # fail now, before any model loads
+        elif not reads_builtins_only(source):  # read the file now: a bad path, row, field or filter, or too few
+            self.budget = self._budget()        # rows, fails before any model loads
+            self._drawn = self._draw()
+            self.task = self._drawn[0].name
+        else:  # built-in sets are known to read; they are fetched at setup, so composing a config stays offline
+            self.task = task or source.keywords["path"]
         if train_ids_from is not None:
             read_labels(train_ids_from)  # fail now if the file is missing
         self.train: ReasoningGymSource | DatasetSource | None = None
@@ -185,24 +214,80 @@ class PromptDataModule(L.LightningDataModule):
         check_divides(self.batch_size, self._rank()[1])  # before the model loads (Lightning's order)
         if self.train is not None:
             return
-        make = self.source_of(self.task)
-        held_out = make(config=self.task_config, size=self.val_size, seed=heldout_seed(self.seed),
-                        split="val", prompt=self.prompt, distinct=True)
-        self.train = make(config=self.task_config, size=self.train_size, seed=self.seed, split="train",
-                          prompt=self.prompt, exclude_questions=held_out.questions())
+        if self.model is not None and self.budget is None:  # the tokenizer (not the model); a built-in model is
+            resolve_model_path(self.model.path)             # prepared first, so its context is known
+            fail(type(self), self._limit_problems())
+            self.budget = self._budget()
+            if self.budget is not None:  # a file read before the context was known: read again, counted
+                self._drawn = None
+        held_out, self.train = self._drawn or self._draw()
+        self._drawn = None
         if self.train_ids_from is not None:  # only the prompts a teacher labelled
             self.train.prompts = keep_labelled(self.train.prompts, read_labels(self.train_ids_from),
                                                self.train_ids_from)
-        self.val = {self.task: held_out}
+        self.val = {self.task: self._left_out(held_out)}
+        self._left_out(self.train)
+        if getattr(self.train, "duplicates", 0):  # a file's rows
+            log.warning("data: %d rows of %s repeat an earlier row's question; they are kept, so such a question is "
+                        "trained on as often as it appears (a held-out question is held out once, never trained "
+                        "on)", self.train.duplicates, self.task)
         for name, make in self.extra_val.items():
-            self.val[name] = make()
+            self.val[name] = self._fitting(make(), name)
+
+    # -- what fits the model ----------------------------------------------------------------------
+    def _limit_problems(self) -> list[Problem]:
+        return limit_problems(context_length(self.model), self.max_prompt_tokens, self.new_tokens) \
+            if self.model is not None else []
+
+    def _budget(self) -> PromptBudget | None:
+        """The prompts' token budget (``srtlab.data.limits``), counted with the model's tokenizer; None without a
+        model, or while its context is unknown (a built-in not prepared yet)."""
+        limit = None if self.model is None else prompt_limit(self.max_prompt_tokens, context_length(self.model),
+                                                             self.new_tokens)
+        return None if limit is None else PromptBudget(load_tokenizer(self.model), *limit)
+
+    def _draw(self) -> tuple[ReasoningGymSource | DatasetSource, ReasoningGymSource | DatasetSource]:
+        """The held-out set, drawn first, and the training set without its questions. A file with too few rows
+        for ``val_size`` (held out from the training rows) or ``batch_size`` fails naming that key."""
+        make = self.source_of(self.task)
+        with within("source"):
+            held_out = make(config=self.task_config, size=self.val_size, seed=heldout_seed(self.seed),
+                            split="val", prompt=self.prompt, distinct=True)
+        shared = self.source is not None and self.source.keywords.get("val_path") is None
+        where = repr(self.source.keywords["path"]) if self.source is not None else ""
+        if shared:
+            fail(type(self), held_out_problems(where, len(held_out), self.val_size, held_out.overlong))
+        with within("source"):
+            train = make(config=self.task_config, size=self.train_size, seed=self.seed, split="train",
+                         prompt=self.prompt, exclude_questions=held_out.questions())
+        if self.source is not None:
+            fail(type(self), train_problems(where, len(train), self.batch_size, len(held_out) if shared else None,
+                                            train.overlong))
+        return held_out, train
+
+    def _fitting(self, prompts: Sequence[Prompt], name: str) -> Sequence[Prompt]:
+        """An extra held-out set without the prompts that do not fit (counted in the log)."""
+        if self.budget is None:
+            return prompts
+        kept = [p for p in prompts if self.budget.fits(p.messages)]
+        if len(kept) < len(prompts):
+            log.warning("data: %d of %d held-out prompts of %s left out: longer than %d tokens (%s)",
+                        len(prompts) - len(kept), len(prompts), name, self.budget.max_tokens, self.budget.why)
+        return kept
+
+    def _left_out(self, source: ReasoningGymSource | DatasetSource) -> ReasoningGymSource | DatasetSource:
+        """``source``, after logging how many of its prompts were left out as too long."""
+        if source.overlong:
+            log.warning("data: %d %s prompts of %s left out: longer than %d tokens (%s)", source.overlong,
+                        source.split, source.name, self.budget.max_tokens, self.budget.why)
+        return source
 
     def source_of(self, task: str) -> Callable[..., ReasoningGymSource | DatasetSource]:
         """What builds ``task``'s prompts from (config, size, seed, split, prompt, ...): the file source for
         the datamodule's own data set, Reasoning Gym for any other task (a curriculum may add tasks)."""
         if self.source is not None and task == self.task:
-            return functools.partial(self.source, name=task)
-        return functools.partial(ReasoningGymSource, task)
+            return functools.partial(self.source, name=task, budget=self.budget)
+        return functools.partial(ReasoningGymSource, task, budget=self.budget)
 
     @property
     def val_names(self) -> list[str]:
@@ -245,9 +330,9 @@ class PromptDataModule(L.LightningDataModule):
         self.level_configs[task] = [dict(c) for c in configs]
         self.level_prompt[task] = prompt or self.prompt
         for level, config in enumerate(self.level_configs[task]):
-            self.level_val[task, level] = self.source_of(task)(
+            self.level_val[task, level] = self._left_out(self.source_of(task)(
                 config=config, size=val_size, seed=heldout_seed(self.seed, task, level),
-                split="val", prompt=self.level_prompt[task], distinct=True, level=level)
+                split="val", prompt=self.level_prompt[task], distinct=True, level=level))
 
     def level_train(self, task: str, level: int) -> ReasoningGymSource | DatasetSource:
         """The training prompts of one registered level (built on first use)."""
@@ -258,9 +343,9 @@ class PromptDataModule(L.LightningDataModule):
             for (t, _), source in self.level_val.items():
                 if t == task:
                     held_out |= source.questions()
-            self._level_train[task, level] = self.source_of(task)(
+            self._level_train[task, level] = self._left_out(self.source_of(task)(
                 config=self.level_configs[task][level], size=self.train_size, seed=data_seed(self.seed, task, level),
-                split="train", prompt=self.level_prompt[task], exclude_questions=frozenset(held_out), level=level)
+                split="train", prompt=self.level_prompt[task], exclude_questions=frozenset(held_out), level=level))
         return self._level_train[task, level]
 
     def set_mixture(self, mixture: Sequence[tuple[str, int, float]] | None) -> None:

@@ -17,9 +17,21 @@ from typing import Any
 
 import torch
 
-from srtlab.data.files import BUILTINS, FieldMap, read_rows
-from srtlab.data.prompts import PromptFormat
-from srtlab.settings import Annotated, Problem, SettingError, boolean, checked, choice, integer, mapping, problem, text
+from srtlab.data.files import BUILTINS, FieldMap, RowsError, read_rows
+from srtlab.data.prompts import PromptBudget, PromptFormat
+from srtlab.settings import (
+    Annotated,
+    Problem,
+    SettingError,
+    boolean,
+    checked,
+    choice,
+    fail,
+    integer,
+    mapping,
+    problem,
+    text,
+)
 from srtlab.types import Prompt
 
 ANSWER_KINDS = ("math", "text")  # how answers are compared: math-verify, or the normalised string
@@ -73,6 +85,7 @@ class ReasoningGymSource:
     exclude_questions: frozenset[str] = frozenset()  # questions to leave out (the held-out set's)
     distinct: bool = False  # keep each question once (held-out sets)
     level: int | None = None  # curriculum level of these prompts (their ids then read "<task>@<level>/...")
+    budget: PromptBudget | None = None  # prompts that do not fit are left out, counted in ``overlong``
 
     def __post_init__(self) -> None:
         import reasoning_gym
@@ -82,18 +95,22 @@ class ReasoningGymSource:
         # 4x when some will be dropped, then keep the first ``size`` that remain.
         factor = 4 if self.exclude_questions or self.distinct else 1
         dataset = reasoning_gym.create_dataset(self.task, **self.config, size=factor * self.size, seed=self.seed)
-        entries, seen = [], set()
+        entries, seen, self.overlong = [], set(), 0
         for entry in dataset:
             q = entry["question"]
             if q in self.exclude_questions or (self.distinct and q in seen):
                 continue
             seen.add(q)
+            if self.budget is not None and not self.budget.fits(self.prompt.messages(q)):
+                self.overlong += 1
+                continue
             entries.append(entry)
             if len(entries) == self.size:
                 break
         if not entries:
-            raise ValueError(f"no {self.split} prompts left for task {self.task!r} with config {self.config}: "
-                             f"all generated questions are held out; use a harder config or a smaller data.val_size")
+            why = (f"every prompt is longer than {self.budget.max_tokens} tokens ({self.budget.why})" if self.overlong
+                   else "all generated questions are held out; use a harder config or a smaller data.val_size")
+            raise ValueError(f"no {self.split} prompts left for task {self.task!r} with config {self.config}: {why}")
         self.prompts = [self._to_prompt(i, e) for i, e in enumerate(entries)]
 
     def _to_prompt(self, index: int, entry: dict[str, Any]) -> Prompt:
@@ -101,6 +118,11 @@ class ReasoningGymSource:
         return Prompt(id=f"{name}/{self.split}/{index}", messages=self.prompt.messages(entry["question"]),
                       task=self.task, answer_kind="text", level=self.level or 0, answer=str(entry["answer"]),
                       metadata={"entry": entry})
+
+    @property
+    def name(self) -> str:
+        """The prompts' task name (as :class:`DatasetSource` has one)."""
+        return self.task
 
     def questions(self) -> frozenset[str]:
         return frozenset(p.metadata["entry"]["question"] for p in self.prompts)
@@ -139,31 +161,43 @@ class DatasetSource:
     answer_kind: Annotated[str, choice(ANSWER_KINDS)] = "math"
     question_field: Annotated[str | None, text(null=True)] = None  # None: question / problem / prompt
     answer_field: Annotated[str | None, text(null=True)] = None  # None: answer, the last \\boxed{} of solution, none
+    budget: PromptBudget | None = None  # prompts that do not fit are left out, counted in ``overlong``
 
     def __post_init__(self) -> None:
         path, part = self._rows_to_read()
+        key = "val_path" if self.split == "val" and self.val_path else "path"  # the key that names the file
         self.name = self.name or Path(self.path).stem
-        rows = read_rows(path, part)
-        where, fields = f"data path {path!r}", FieldMap(self.question_field, self.answer_field)
-        fields.check(list(rows.column_names), where)
+        fields = FieldMap(self.question_field, self.answer_field)
+        try:
+            rows = read_rows(path, part)
+        except RowsError as err:
+            fail(type(self), [problem(key, path, str(err))])
+        fail(type(self), fields.problems(rows.columns, repr(path)))
+        fail(type(self), [problem(key, path, found) for found in fields.row_problems(rows)])
         if self.config:
-            rows = rows.filter(self._matches(list(rows.column_names), where))
-        records = rows.to_list()
-        order = range(len(records)) if self.seed is None else torch.randperm(
-            len(records), generator=torch.Generator().manual_seed(self.seed)).tolist()
-        kept, seen = [], set()
+            rows = rows.filter(self._matches(rows.columns, repr(path)))
+        questions = [fields.question_of(row) for row in rows.records]
+        self.duplicates = len(questions) - len(set(questions))  # rows repeating an earlier row's question
+        order = range(len(questions)) if self.seed is None else torch.randperm(
+            len(questions), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        kept, seen, self.overlong = [], set(), 0
         for i in order:
-            q = fields.question_of(records[i])
-            if q is None:
-                raise ValueError(f"row {i} of {where} has an empty question")
+            q = questions[i]
             if q in self.exclude_questions or (self.distinct and q in seen):
                 continue
             seen.add(q)
-            kept.append((q, fields.gold_of(records[i]), records[i]))
+            if self.budget is not None and not self.budget.fits(self.prompt.messages(q)):
+                self.overlong += 1
+                continue
+            kept.append((q, fields.gold_of(rows.records[i]), rows.records[i]))
             if len(kept) == self.size:
                 break
+        if not kept and self.overlong:
+            longer = "its one row is longer" if self.overlong == 1 else f"all {self.overlong} rows are longer"
+            fail(type(self), [problem(key, path, f"rows whose prompt fits in {self.budget.max_tokens} tokens "
+                                                 f"({self.budget.why}); {longer}")])
         if not kept:
-            raise ValueError(f"no {self.split} prompts in {where} with data.task_config={self.config} once the "
+            raise ValueError(f"no {self.split} prompts in {path!r} with data.task_config={self.config} once the "
                              f"held-out questions are left out")
         self.prompts = [self._to_prompt(i, *k) for i, k in enumerate(kept)]
 
@@ -174,11 +208,11 @@ class DatasetSource:
             return self.path, self.split
         return (self.val_path, "test") if self.val_path else (self.path, "train")
 
-    def _matches(self, columns: list[str], where: str):
+    def _matches(self, columns: list[str], where: str) -> Callable[[dict[str, Any]], bool]:
         missing = [k for k in self.config if k not in columns]
         if missing:
             raise ValueError(f"data.task_config filters on {missing}, not columns of {where}; columns: {columns}")
-        return lambda row: all(row[k] == v for k, v in self.config.items())
+        return lambda row: all(row.get(k) == v for k, v in self.config.items())
 
     def _to_prompt(self, index: int, question: str, answer: str | None, row: dict[str, Any]) -> Prompt:
         name = self.name if self.level is None else f"{self.name}@{self.level}"

@@ -7,6 +7,7 @@ safetensors folder in the cache, so every later load (and vLLM) reads a normal m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -83,9 +84,14 @@ def resolve_model_path(path: str) -> Path:
     return Path(path).expanduser()
 
 
+def builtin_folder(name: str) -> Path:
+    """Where a built-in model's prepared folder is (or will be) in the cache."""
+    return cache_dir() / "models" / name
+
+
 def prepare_builtin(name: str) -> Path:
     """Convert a built-in GGUF model into a safetensors folder in the cache (once)."""
-    out = cache_dir() / "models" / name
+    out = builtin_folder(name)
     if (out / "config.json").is_file():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -105,6 +111,25 @@ def prepare_builtin(name: str) -> Path:
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, out)  # a killed conversion leaves no half folder behind
     return out
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(settings: ModelSettings) -> tuple[int, Path] | None:
+    """(the model's context in tokens, the config.json it is read from), without loading the model or preparing a
+    built-in: ``max_position_embeddings`` (or another name for it; a multimodal model's ``text_config``). None
+    when it is unknown yet (a built-in not prepared) or the config states none."""
+    folder = builtin_folder(settings.path) if settings.path in BUILTIN_MODELS else Path(settings.path).expanduser()
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    for node in (config, config.get("text_config") or {}):
+        found = [node[k] for k in CONTEXT_KEYS if isinstance(node.get(k), int) and node[k] > 0]
+        if found:
+            return found[0], config_file
+    return None
 
 
 def load_tokenizer(settings: ModelSettings):

@@ -47,7 +47,7 @@ def test_held_out_set_excludes_training_questions():
 
 
 def test_preset_is_used_when_task_config_is_null():
-    dm = PromptDataModule("products", PromptFormat(), None, train_size=5, val_size=2,
+    dm = PromptDataModule("products", PromptFormat(), None, batch_size=2, train_size=5, val_size=2,
                           presets={"products": {"min_digits": 1, "max_digits": 1}})
     assert dm.task_config == {"min_digits": 1, "max_digits": 1}
 

@@ -74,10 +74,11 @@ def test_rows_without_answers_train_label_free(tmp_path):
 
 def test_missing_fields_name_the_field_and_the_columns(tmp_path):
     f = _jsonl(tmp_path / "bad.jsonl", [{"text": "x", "label": "1"}])
-    with pytest.raises(ValueError, match=r"no question column \(question / problem / prompt\); columns: \['text', "
-                                         r"'label'\]; name one with data.question_field"):
+    with pytest.raises(ValueError, match=r"question_field=None; accepted: the question's column: '.*bad.jsonl' has "
+                                         r"no question / problem / prompt; columns: \['text', 'label'\]"):
         DatasetSource(str(f))
-    with pytest.raises(ValueError, match=r"data.answer_field='gold' is not a column .*columns: \['text', 'label'\]"):
+    with pytest.raises(ValueError, match=r"answer_field='gold'; accepted: a column of .*, or null; columns: \['text', "
+                                         r"'label'\]"):
         DatasetSource(str(f), question_field="text", answer_field="gold")
 
 
@@ -143,7 +144,7 @@ def test_held_out_file_and_levels_through_the_datamodule(files, tmp_path):
 
 
 def test_a_bad_source_fails_when_the_datamodule_is_built(tmp_path):
-    with pytest.raises(ValueError, match="no question column"):
+    with pytest.raises(ValueError, match="source.question_field=None; accepted: the question's column"):
         _datamodule(_jsonl(tmp_path / "x.jsonl", [{"text": "t"}]))
 
 
@@ -165,10 +166,10 @@ def test_saved_dataset_dict_trains_on_train_and_holds_out_test(tmp_path):
 
     split = lambda qs: datasets.Dataset.from_list([{"question": q, "answer": "1"} for q in qs])
     datasets.DatasetDict({"train": split(["a", "b", "c"]), "test": split(["t"])}).save_to_disk(str(tmp_path / "dd"))
-    dm = _datamodule(tmp_path / "dd", val_path=tmp_path / "dd", val_size=5)
+    dm = _datamodule(tmp_path / "dd", val_path=tmp_path / "dd", val_size=5, batch_size=2)
     dm.setup()
     assert dm.val["dd"].questions() == {"t"} and dm.train.questions() == {"a", "b", "c"}
-    alone = _datamodule(tmp_path / "dd", val_size=1)  # no val_path: held out from the training rows
+    alone = _datamodule(tmp_path / "dd", val_size=1, batch_size=2)  # no val_path: held out from the training rows
     alone.setup()
     assert len(alone.val["dd"]) == 1 and not alone.val["dd"].questions() & alone.train.questions()
     assert alone.val["dd"].questions() | alone.train.questions() == {"a", "b", "c"}
