@@ -118,16 +118,21 @@ def _fit(model_dir, run_dir, *extra):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", [["algorithm.kl_coef=0.1"], ["model.lora.r=4"]], ids=["kl-reference", "lora"])
+@pytest.mark.parametrize("variant", [["algorithm.kl_coef=0.1"], ["model.lora.r=4"], ["model.activation_checkpointing=true"]],
+                         ids=["kl-reference", "lora", "checkpointed-layers"])
 def test_fsdp_fit_on_two_processes_matches_one_process(variant, tiny_model_dir, tmp_path):
     """Each rank trains its half of the batch (test_ddp.PerPromptEngine: a prompt's samples do not depend on
     the rank that draws it), and the update equals one process's with the whole batch.
 
-    With KL on, the frozen reference is sharded too; with LoRA, the synced weights are merged ones."""
+    With KL on, the frozen reference is sharded too; with LoRA, the synced weights are merged ones; with checkpointed
+    layers, FSDP2 units recompute in backward through the shared-prompt cache."""
     one, two = tmp_path / "one", tmp_path / "two"
     engine = "rollout.engine._target_=test_ddp.PerPromptEngine"
-    _fit(tiny_model_dir, one, *PARITY_REWARD, *variant, engine)
-    _fit(tiny_model_dir, two, *PARITY_REWARD, *variant, engine, "trainer=fsdp", "trainer.accelerator=cpu",
+    # SGD: a weight moves by lr x its gradient. (Adam divides by the gradient's own size, so an element whose
+    # gradient is at rounding level, summed in another order over ranks, moves by up to lr either way.)
+    sgd = ["optim=sgd", "optim.lr=1e-2"]
+    _fit(tiny_model_dir, one, *PARITY_REWARD, *variant, *sgd, engine)
+    _fit(tiny_model_dir, two, *PARITY_REWARD, *variant, *sgd, engine, "trainer=fsdp", "trainer.accelerator=cpu",
          "trainer.devices=2", "trainer.precision=32-true")
     a, b = torch.load(one / "rank0.pt"), torch.load(two / "rank0.pt")
     assert set(a) == set(b)
@@ -173,27 +178,41 @@ def test_strategy_configs_compose(trainer, tiny_cfg):
         assert isinstance(instantiate(cfg.trainer.strategy), ModelParallelStrategy)
 
 
-def test_mlp_activation_checkpointing_keeps_gradients(tiny_model_dir):
-    """Checkpointed MLPs are recomputed in backward: same loss and gradients, names unchanged."""
+@pytest.mark.parametrize("checkpointing", [True, "auto"])
+def test_layer_checkpointing_keeps_gradients_with_the_shared_prompt(tiny_model_dir, checkpointing):
+    """Checkpointed decoder layers are recomputed in backward, the shared prompt's cache included: same log-probs and
+    gradients as without (fp32, 1e-6), names unchanged; ``auto`` checkpoints only passes longer than its threshold."""
     from srtlab.algorithms.settings import AlgorithmSettings
+    from srtlab.models import load
     from srtlab.models.load import ModelSettings
     from srtlab.modules.policy import PolicyModule
 
-    grads = []
-    for checkpointing in (False, True):
-        policy = PolicyModule(ModelSettings(str(tiny_model_dir), activation_checkpointing=checkpointing),
-                              AlgorithmSettings())
+    prompts, completions = [[5, 6, 7, 9, 10], [8, 9]], [[10, 11, 12], [12], [13, 14], [15, 16, 17, 18], [19], [20, 21]]
+    results = []
+    for setting in (False, checkpointing):
+        policy = PolicyModule(ModelSettings(str(tiny_model_dir), activation_checkpointing=setting), AlgorithmSettings())
         policy.configure_model()
-        logp, mask, _ = policy.token_logprobs(policy.model, [[5, 6, 7], [8, 9]], [[10, 11], [12], [13, 14], [15]], 2)
-        (logp * mask).sum().backward()
-        grads.append({k: p.grad.clone() for k, p in policy.model.named_parameters()})
-        if checkpointing:
+        recomputed = []
+        for layer in policy.model.model.layers:  # count each layer's forward calls: recomputation calls it again
+            getattr(layer, "_checkpoint_wrapped_module", layer).register_forward_pre_hook(
+                lambda *a, calls=recomputed: calls.append(1))
+        logp, mask, _ = policy.policy_logprobs(prompts, completions, 3)
+        (logp * torch.linspace(-1, 1, logp.numel()).reshape(logp.shape) * mask).sum().backward()
+        grads = {k.replace("._checkpoint_wrapped_module", ""): p.grad.clone() for k, p in policy.model.named_parameters()}
+        results.append((logp.detach(), grads, len(recomputed)))
+        if setting:
             assert any("checkpoint" in type(m).__name__.lower() for m in policy.model.modules())
             assert set(policy.model.state_dict()) == set(load_plain(tiny_model_dir))
-    names = sorted(grads[0])
-    assert sorted(k.replace("._checkpoint_wrapped_module", "") for k in grads[1]) == names
-    for k in names:
-        torch.testing.assert_close(grads[1][k.replace(".mlp.", ".mlp._checkpoint_wrapped_module.")], grads[0][k])
+    (logp0, grads0, calls0), (logp1, grads1, calls1) = results
+    torch.testing.assert_close(logp1, logp0, rtol=0, atol=1e-6)
+    assert grads1.keys() == grads0.keys()
+    for k in grads0:
+        torch.testing.assert_close(grads1[k], grads0[k], rtol=0, atol=1e-6, msg=k)
+    layers = len(policy.model.model.layers)
+    assert calls0 == 2 * layers  # the prompt pass and the completion pass
+    # true: every layer runs again in backward; auto: this short pass (under CHECKPOINT_ABOVE tokens) keeps them
+    assert calls1 == (4 * layers if checkpointing is True else 2 * layers)
+    assert load.CHECKPOINT_ABOVE > 30
 
 
 def load_plain(model_dir):

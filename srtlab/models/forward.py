@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import NamedTuple
 
 import torch
@@ -29,14 +30,27 @@ CACHE = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "
 MATH_ATTENTION_MAX_LEN = 192
 
 
+_BACKENDS: ContextVar[list | None] = ContextVar("srtlab_attention_backends", default=None)
+
+
 def attention_backend(device: torch.device, length: int = 0):
     """The scaled-dot-product attention kernel for ``device`` and sequences of ``length`` positions: the
     plain (math) kernel on the CPU for short sequences, the library's choice elsewhere. On a 2-core CPU the math
     kernel trains short sequences faster than torch's CPU flash kernel, but it keeps every [T x T] attention
     matrix for backward, so it loses beyond ~200 positions (the figures: docs/scale.md)."""
     if device.type == "cpu" and length <= MATH_ATTENTION_MAX_LEN:
-        return sdpa_kernel(SDPBackend.MATH)
+        return _kernels([SDPBackend.MATH])
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _kernels(backends: list):
+    token = _BACKENDS.set(backends)
+    try:
+        with sdpa_kernel(backends):
+            yield
+    finally:
+        _BACKENDS.reset(token)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,26 +212,52 @@ def _unflatten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # -- the decoder: final hidden states of the completions, the prompt's pass shared -------------------------------
+_PREFIX_ROWS: ContextVar[torch.Tensor | None] = ContextVar("srtlab_prefix_rows", default=None)
+
+
 class PrefixLayer(DynamicLayer):
     """One layer's cache for the shared-prompt forward, safe to recompute (activation checkpointing).
 
-    In the prompt pass (``extend`` unset) ``update`` records the prompt's keys and values, replacing what was there;
-    in the completion pass it returns each row's prompt keys and values (``index``: the prompt of each row) followed
-    by the completion's own, and stores nothing. So a decoder layer recomputed in backward sees exactly what it saw
-    in forward (a ``DynamicLayer`` would append a second time), and the prompt's keys keep their graph.
+    In the prompt pass ``update`` records the prompt's keys and values, replacing what was there; in the completion
+    pass (:data:`_PREFIX_ROWS` holds the prompt of each row) it returns each row's prompt keys and values followed by
+    the completion's own, and stores nothing. Which pass it is comes from a context variable, which a checkpointed
+    layer's recomputation in backward sees as its forward did (:func:`recompute_context`); so a recomputed layer
+    gets exactly the keys and values it had (a ``DynamicLayer`` would append a second time), and the prompt's keys
+    keep their graph.
     """
-
-    index: torch.Tensor | None = None  # [rows] the prompt of each completion row; None: the prompt pass
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        if self.index is None:
+        index = _PREFIX_ROWS.get()
+        if index is None:
             self.keys, self.values = key_states, value_states  # [b, heads, P, d]
             return key_states, value_states
-        keys = torch.cat([self.keys.index_select(0, self.index), key_states], dim=-2)  # [rows, heads, P+T, d]
-        values = torch.cat([self.values.index_select(0, self.index), value_states], dim=-2)
+        keys = torch.cat([self.keys.index_select(0, index), key_states], dim=-2)  # [rows, heads, P+T, d]
+        values = torch.cat([self.values.index_select(0, index), value_states], dim=-2)
         return keys, values
+
+
+@contextlib.contextmanager
+def _prefix_rows(index: torch.Tensor | None):
+    token = _PREFIX_ROWS.set(index)
+    try:
+        yield
+    finally:
+        _PREFIX_ROWS.reset(token)
+
+
+def recompute_context():
+    """A context to enter later that reproduces this forward's state: its attention kernels and its pass of the
+    shared-prompt cache. A checkpointed layer recomputed in backward must run as its forward ran."""
+    backends, index = _BACKENDS.get(), _PREFIX_ROWS.get()
+
+    @contextlib.contextmanager
+    def again():
+        with (sdpa_kernel(backends) if backends else contextlib.nullcontext()), _prefix_rows(index):
+            yield
+
+    return again()
 
 
 def _decoder_output(model, **inputs) -> torch.Tensor:
@@ -247,16 +287,16 @@ def completion_hidden(model, prompt_ids: list[list[int]], completion_ids: list[l
         p_ids, p_mask = (t.to(device) for t in left_pad(prompt_ids, pad_id))  # [b, P]
         p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # [b, P]
         cache = Cache(layer_class_to_replicate=PrefixLayer)
-        prompt_h = _decoder_output(model, input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
-                                   **{CACHE: cache})  # [b, P, d]
+        with _prefix_rows(None):
+            prompt_h = _decoder_output(model, input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos,
+                                       use_cache=True, **{CACHE: cache})  # [b, P, d]
         index = torch.repeat_interleave(torch.arange(len(prompt_ids), device=device), counts)  # [rows]
-        for layer in cache.layers:
-            layer.index = index
         c_ids, c_mask = (t.to(device) for t in right_pad(completion_ids, pad_id))  # [rows, T]
         c_pos = p_mask.sum(-1)[index][:, None] + torch.arange(c_ids.shape[1], device=device)  # [rows, T]
         full_mask = torch.cat([p_mask[index], c_mask.long()], dim=1)  # [rows, P+T]
-        comp_h = _decoder_output(model, input_ids=c_ids, attention_mask=full_mask, position_ids=c_pos, use_cache=True,
-                                 **{CACHE: cache})  # [rows, T, d]
+        with _prefix_rows(index):
+            comp_h = _decoder_output(model, input_ids=c_ids, attention_mask=full_mask, position_ids=c_pos,
+                                     use_cache=True, **{CACHE: cache})  # [rows, T, d]
     first = prompt_h[:, -1:][index]  # [rows, 1, d]: the last prompt position predicts token 0
     return torch.cat([first, comp_h[:, :-1]], dim=1), c_ids, c_mask
 

@@ -52,6 +52,7 @@ def _is_model(path: object) -> bool:
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+CHECKPOINT_ABOVE = 4096  # activation_checkpointing=auto: checkpoint the passes holding more tokens than this
 MODEL_PATH = Rule(_is_model, f"a built-in model ({', '.join(BUILTIN_MODELS)}) or a Hugging Face model folder "
                              f"with a config.json and tokenizer files ({', '.join(TOKENIZER_FILES)})")
 
@@ -62,14 +63,17 @@ class ModelSettings:
     """What to load as the policy (``configs/model/``): a built-in name or a local model folder.
 
     ``dtype`` is the trained (master) weights' dtype; the sampling copy's is ``rollout.engine.dtype`` and the
-    compute precision ``trainer.precision``. ``activation_checkpointing`` recomputes each decoder layer's MLP in
-    backward instead of keeping its activations.
+    compute precision ``trainer.precision``. ``activation_checkpointing`` keeps only each decoder layer's input and
+    recomputes the rest in backward: ``auto`` in the passes longer than :data:`CHECKPOINT_ABOVE` tokens (where it
+    pays: docs/scale.md), ``true`` always, ``false`` never. ``offload_activations``: on a GPU, the kept inputs wait in
+    host memory (Unsloth's long-context recipe).
     """
 
     path: Annotated[str, MODEL_PATH] = "smollm2-135m-instruct"
     dtype: Annotated[str, choice(DTYPES)] = "float32"
     trust_remote_code: Annotated[bool, boolean()] = False  # run a model folder's own code (off unless you trust it)
-    activation_checkpointing: Annotated[bool, boolean()] = False
+    activation_checkpointing: Annotated[bool | str, any_of(boolean(), choice(("auto",)))] = "auto"
+    offload_activations: Annotated[bool, boolean()] = False
     lora: LoraSettings = field(default_factory=LoraSettings)
     # random: the folder's architecture with freshly initialised weights (seed 0; benchmarks of a model's shape)
     init: Annotated[str, choice(("pretrained", "random"))] = "pretrained"

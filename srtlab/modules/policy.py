@@ -38,9 +38,9 @@ from srtlab.algorithms.advantages import compute_advantages
 from srtlab.algorithms.settings import AlgorithmSettings
 from srtlab.answers.gold import GoldScorer
 from srtlab.logs import at_step, train_sample_rows, write_samples
-from srtlab.models.forward import TokenLogprobs, TokenStats, token_logprobs, token_stats
-from srtlab.models.load import ModelSettings, load_model, load_tokenizer
-from srtlab.models.parallel import checkpoint_mlps, mark_sharded, shard_model
+from srtlab.models.forward import TokenLogprobs, TokenStats, pass_tokens, token_logprobs, token_stats
+from srtlab.models.load import CHECKPOINT_ABOVE, ModelSettings, load_model, load_tokenizer
+from srtlab.models.parallel import checkpoint_layers, layer_checkpointing, mark_sharded, shard_model
 from srtlab.modules import ranks
 from srtlab.modules.evaluation import HeldoutLoop
 from srtlab.modules.loss_pass import loss_pass, stored_logprobs
@@ -128,8 +128,8 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         self.model.train()
         if self.algorithm.kl_coef > 0:
             self._load_reference()
-        if self.settings.activation_checkpointing:
-            checkpoint_mlps(self.model)
+        if self.settings.activation_checkpointing:  # true or auto (then per pass: policy_logprobs)
+            checkpoint_layers(self.model, offload=self.settings.offload_activations)
         if self.device_mesh is not None:  # set by ModelParallelStrategy (trainer=fsdp) before this hook
             shard_model(self.model, self.device_mesh)
             mark_sharded(self.model)
@@ -236,8 +236,13 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
                               self.logprob_chunk)
 
     def policy_logprobs(self, prompt_ids, completion_ids, n) -> TokenLogprobs:
-        """The trained policy's :meth:`token_logprobs` (a ``LogprobFn``: what the loss pass and the probe take)."""
-        return self.token_logprobs(self.model, prompt_ids, completion_ids, n)
+        """The trained policy's :meth:`token_logprobs` (a ``LogprobFn``: what the loss pass and the probe take), its
+        decoder layers checkpointed in this pass when ``model.activation_checkpointing`` says so."""
+        counts = [n] * len(prompt_ids) if isinstance(n, int) else n
+        tokens = pass_tokens([len(p) for p in prompt_ids], [len(c) for c in completion_ids])
+        on = self.settings.activation_checkpointing
+        with layer_checkpointing(on is True or (on == "auto" and tokens > CHECKPOINT_ABOVE)):
+            return self.token_logprobs(self.model, prompt_ids, completion_ids, counts)
 
     def reference_logprobs(self, prompt_ids, completion_ids, n) -> torch.Tensor:
         with torch.no_grad():

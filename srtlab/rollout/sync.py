@@ -39,9 +39,13 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
+CHECKPOINT_WRAPPER = "._checkpoint_wrapped_module"  # torch's checkpoint wrapper: in module names, not in state_dict
+
+
 def _lora_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """peft LoRA layers by module name (modules with ``base_layer``, ``lora_A`` and ``lora_B``)."""
-    return {name: m for name, m in model.named_modules()
+    """peft LoRA layers by the name their weights have in ``state_dict`` (modules with ``base_layer``, ``lora_A`` and
+    ``lora_B``; a checkpointed layer's wrapper, which ``state_dict`` leaves out, left out here too)."""
+    return {name.replace(CHECKPOINT_WRAPPER, ""): m for name, m in model.named_modules()
             if hasattr(m, "base_layer") and hasattr(m, "lora_A") and hasattr(m, "lora_B")}
 
 

@@ -37,8 +37,13 @@ def test_merged_lora_weight_by_hand():
     assert base_name("base_model.model.0.base_layer.weight") == "0.weight"
 
 
-def test_lora_sync_is_the_merged_model_and_leaves_the_policy_alone(tiny_model_dir):
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_lora_sync_is_the_merged_model_and_leaves_the_policy_alone(tiny_model_dir, checkpointed):
+    from srtlab.models.parallel import checkpoint_layers
+
     model = _lora_model(tiny_model_dir)
+    if checkpointed:  # wrapped decoder layers: module names gain a wrapper that state_dict leaves out
+        checkpoint_layers(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     sent = dict(policy_weights(model))
     # the trained model is untouched: same tensors, bit for bit, adapter still separate
