@@ -1,5 +1,4 @@
-"""Hugging Face ``generate`` engine, in process: a bf16 sampling copy of the policy (the default), or the
-policy itself.
+"""The Hugging Face engine, in process: a bf16 sampling copy of the policy where bf16 is native, or the policy itself.
 
 With ``dtype=null`` the engine samples with the policy module itself. With ``dtype="bfloat16"`` it keeps a bf16
 copy of the policy for sampling instead (faster where the device computes bf16 natively; docs/scale.md has
@@ -7,10 +6,11 @@ the figures) and receives the new weights tensor by tensor after each optimizer 
 trainer then scores the samples with its own fp32 weights, as with any separate inference engine.
 
 The prompt is prefilled once per prompt and its KV cache copied G times, instead of prefilling the same
-prompt G times (what ``num_return_sequences`` does); the completions are then sampled by ``model.generate``
-continuing from that cache, with the next token drawn by :class:`Sampler` (a logits processor; ``generate``
-runs greedy on its choice) and, on the bf16 sampling copy, decode attention from ``srtlab.models.attention``.
-The last prompt token is left out of the prefill so that ``generate`` has one new token to start from.
+prompt G times (what ``num_return_sequences`` does); the completions are then sampled by srtlab's own decode loop
+(``srtlab.rollout.decode``: finished rows leave the batch, so a call costs the sum of the completions' lengths), with
+the next token drawn by :class:`Sampler` and, on the bf16 sampling copy, decode attention from
+``srtlab.models.attention``. The last prompt token is left out of the prefill: the first decode step reads it.
+It draws exactly what ``transformers``' ``generate`` with the same sampler drew (tested).
 """
 
 from __future__ import annotations
@@ -19,28 +19,22 @@ import copy
 from collections.abc import Iterable
 
 import torch
-from transformers import (
-    DynamicCache,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StaticCache,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import DynamicCache, StopStringCriteria, TopKLogitsWarper, TopPLogitsWarper
 
 from srtlab.answers.extract import ANSWER_STYLES, extract_answer
 from srtlab.models.attention import NAME as DECODE_ATTENTION
 from srtlab.models.forward import CACHE, left_pad
 from srtlab.models.load import DTYPES
 from srtlab.models.precision import AUTO, sampling_dtype
+from srtlab.rollout.decode import DecodeCache, decode
 from srtlab.rollout.engine import SamplingSettings, eos_ids, render_messages, resolve_prompt_ids
 from srtlab.seeds import seed_for
 from srtlab.settings import Annotated, boolean, checked, choice, integer
 from srtlab.types import Prompt, RolloutBatch
 
 
-class Sampler(LogitsProcessor):
-    """Samples the next token itself and records its log-prob; ``generate`` then runs greedy on its choice.
+class Sampler:
+    """Draws the next token of every row and records its log-prob (:func:`srtlab.rollout.decode.decode`'s ``draw``).
 
     Why: ``generate``'s own sampling (``torch.multinomial``) draws an exponential variate for every
     vocabulary entry of every row, which on a CPU costs more than the decode step's matmuls (docs/scale.md,
@@ -54,62 +48,74 @@ class Sampler(LogitsProcessor):
     copy of weights that two ranks and one process hold 1e-6 apart after an optimizer step) leave the
     draws as they were, which the data-parallel parity tests need.
 
-    Temperature, top-k and top-p truncation are applied first (with ``transformers``' own warpers); the
-    recorded log-prob is the untruncated ``log_softmax(logits / T)`` at the drawn token, which is what the
-    trainer computes (``srtlab.models.forward.token_logprobs``). Temperature 0 takes the argmax and records
-    at temperature 1. Random numbers come from the global torch generator (the engine seeds it per call).
+    Every step draws the variates of all ``rows`` of the batch and each present row uses its own, so a row's draws
+    do not depend on which rows are still decoding (finished rows leave the decode batch). Temperature, top-k and
+    top-p truncation are applied first (with ``transformers``' own warpers); the recorded log-prob is the
+    untruncated ``log_softmax(logits / T)`` at the drawn token, which is what the trainer computes
+    (``srtlab.models.forward.token_logprobs``). Temperature 0 takes the argmax and records at temperature 1. Random
+    numbers come from the global torch generator (the engine seeds it per call).
     """
 
-    def __init__(self, temperature: float, top_k: int = 0, top_p: float = 1.0, block: int = 256) -> None:
-        self.temperature, self.block = temperature, block
+    def __init__(self, temperature: float, top_k: int = 0, top_p: float = 1.0, rows: int = 1,
+                 block: int = 256) -> None:
+        self.temperature, self.rows, self.block = temperature, rows, block
         self.warpers = ([TopKLogitsWarper(top_k)] if top_k else []) + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else [])
-        self.steps: list[torch.Tensor] = []  # each [rows]
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logits = scores.float()  # [rows, V]
+    def __call__(self, logits: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [A, V] of the present rows (batch rows ``present`` [A]) -> tokens [A], their log-probs [A]."""
+        logits = logits.float()
         if self.temperature == 0:
             logp = torch.log_softmax(logits, -1)
-            token = logp.argmax(-1, keepdim=True)  # [rows, 1]
+            token = logp.argmax(-1, keepdim=True)  # [A, 1]
         else:
-            logp = torch.log_softmax(logits / self.temperature, -1)  # [rows, V]
+            logp = torch.log_softmax(logits / self.temperature, -1)  # [A, V]
             weights = logp
             for warp in self.warpers:  # truncation: -inf outside the kept tokens
-                weights = warp(input_ids, weights)
-            token = race(weights, self.block)
-        self.steps.append(logp.gather(-1, token).squeeze(-1))
-        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
-
-    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
-        """[rows, steps] log-probs of the tokens ``generate`` returned (one recorded per decode step)."""
-        return torch.stack(self.steps[: new_tokens.shape[1]], 1) if self.steps else torch.zeros(new_tokens.shape[0], 0)
+                weights = warp(None, weights)
+            token = race(weights, self.block, rows=present, of=self.rows)
+        return token.squeeze(-1), logp.gather(-1, token).squeeze(-1)
 
 
-def race(log_weights: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """[rows, 1] tokens drawn with probability proportional to ``exp(log_weights)`` [rows, V] (-inf: never),
+def race(log_weights: torch.Tensor, block: int = 256, rows: torch.Tensor | None = None,
+         of: int | None = None) -> torch.Tensor:
+    """[A, 1] tokens drawn with probability proportional to ``exp(log_weights)`` [A, V] (-inf: never),
     where ``log_weights`` are log-probabilities (<= 0), possibly truncated.
 
     The exponential race of :class:`Sampler` in two rounds: the vocabulary in blocks of ``block`` tokens
     races by block mass, then the winning block's tokens race. Every row draws the same number of variates
-    (``V / block + block``) whatever wins, so one row's draw never shifts another's random numbers."""
-    rows, vocab = log_weights.shape
+    (``V / block + block``) whatever wins, so one row's draw never shifts another's random numbers. ``rows`` [A]
+    (of ``of`` batch rows): draw the variates of all ``of`` rows and use those of ``rows``."""
+    count, vocab = log_weights.shape
     blocks = -(-vocab // block)
     w = log_weights
     if blocks * block != vocab:  # 49,152 = 192 x 256 needs no padding
         w = torch.nn.functional.pad(w, (0, blocks * block - vocab), value=float("-inf"))
-    w = w.reshape(rows, blocks, block)
-    first = _earliest(w.exp().sum(-1).log())  # [rows, 1] the winning block (log-probs: exp cannot overflow)
-    inner = w.gather(1, first.unsqueeze(-1).expand(rows, 1, block)).squeeze(1)  # [rows, block]
-    return first * block + _earliest(inner)
+    w = w.reshape(count, blocks, block)
+    first = _earliest(w.exp().sum(-1).log(), rows, of)  # [A, 1] the winning block (log-probs: exp cannot overflow)
+    inner = w.gather(1, first.unsqueeze(-1).expand(count, 1, block)).squeeze(1)  # [A, block]
+    return first * block + _earliest(inner, rows, of)
 
 
-def _earliest(log_rates: torch.Tensor) -> torch.Tensor:
-    """[rows, 1] index of the first of independent exponential clocks with rates ``exp(log_rates)`` [rows, n]."""
-    clocks = torch.empty_like(log_rates).exponential_().log() - log_rates  # log(E / rate)
+def _earliest(log_rates: torch.Tensor, rows: torch.Tensor | None = None, of: int | None = None) -> torch.Tensor:
+    """[A, 1] index of the first of independent exponential clocks with rates ``exp(log_rates)`` [A, n]; the clocks
+    of all ``of`` batch rows are drawn and those of ``rows`` used."""
+    if rows is None:
+        noise = torch.empty_like(log_rates).exponential_()
+    else:
+        noise = torch.empty(of, log_rates.shape[1], dtype=log_rates.dtype, device=log_rates.device).exponential_()
+        noise = noise[rows.to(noise.device)]
+    clocks = noise.log() - log_rates  # log(E / rate)
     return clocks.masked_fill(log_rates == float("-inf"), float("inf")).argmin(-1, keepdim=True)  # rate 0 never
 
 
+def ranks_world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _trim(tokens: list[int], eos: set[int]) -> list[int]:
-    """Cut a completion after its first eos (``generate`` pads finished rows)."""
+    """Cut a completion after its first eos."""
     for i, t in enumerate(tokens):
         if t in eos:
             return tokens[: i + 1]
@@ -183,35 +189,37 @@ class HFEngine:
                         ) -> tuple[list[list[int]], list[list[float]]]:
         pad = self.tokenizer.pad_token_id
         ids, mask = left_pad(prompt_ids, pad)  # [b, P]
+        device = next(self.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
         ids_n, mask_n = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)  # [b*n, P]
-        # A preallocated cache: DynamicCache concatenates every layer's keys at every step (most of a CPU decode
-        # step at batch 64: docs/scale.md).
-        cache = StaticCache(config=self.model.config, max_cache_len=ids.shape[1] + s.max_new_tokens)
-        if self.share_prefill and ids.shape[1] > 1:
+        width = ids.shape[1]
+        cache = DecodeCache(self.model.config.num_hidden_layers, capacity=width + min(s.max_new_tokens, 128),
+                            limit=width + s.max_new_tokens)
+        if width > 1:  # every prompt position but the last, which the first decode step reads
+            shared = self.share_prefill
+            prompt, prompt_mask = (ids, mask) if shared else (ids_n, mask_n)
             prefill = DynamicCache(config=self.model.config)
-            positions = (mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
+            positions = (prompt_mask[:, :-1].cumsum(-1) - 1).clamp(min=0)
+            inputs = dict(input_ids=prompt[:, :-1], attention_mask=prompt_mask[:, :-1], position_ids=positions,
+                          use_cache=True, **{CACHE: prefill})
             # Its own sampling copy runs the decoder alone: the prefill's logits are not used, and the head on
             # a [b, 1, d] slice ran as a batched matmul over a copy of the [d, V] weight per prompt (docs/scale.md).
             # The shared policy runs whole: under FSDP only the root module gathers the shards.
             if self.shares_policy:
-                self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions,
-                           use_cache=True, logits_to_keep=1, **{CACHE: prefill})
+                self.model(**inputs, logits_to_keep=1)
             else:
-                self.model.get_decoder()(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-                                         position_ids=positions, use_cache=True, **{CACHE: prefill})
-            for static, layer in zip(cache.layers, prefill.layers):  # copy the prompt's cache G times
-                static.update(layer.keys.repeat_interleave(n, 0), layer.values.repeat_interleave(n, 0))
+                self.model.get_decoder()(**inputs)
+            for layer, written in zip(cache.layers, prefill.layers):  # the prompt's cache, G times when shared
+                repeat = n if shared else 1
+                layer.update(written.keys.repeat_interleave(repeat, 0), written.values.repeat_interleave(repeat, 0))
             del prefill
-        sampler = Sampler(s.temperature, s.top_k, s.top_p)  # generate runs greedy on the sampler's choice
-        out = self.model.generate(
-            input_ids=ids_n, attention_mask=mask_n, do_sample=False, temperature=None, top_p=None, top_k=None,
-            max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None, eos_token_id=self.eos,
-            pad_token_id=pad,
-            stop_strings=s.stop or None, tokenizer=self.tokenizer if s.stop else None,
-            logits_processor=LogitsProcessorList([sampler]), **{CACHE: cache},
-        )
-        new = out[:, ids.shape[1]:]  # [b*n, steps]
-        return [row.tolist() for row in new], [row.tolist() for row in sampler.finish(new).cpu()]
+        positions = mask_n.sum(-1) - 1  # [b*n] the last prompt token's position
+        stop = StopStringCriteria(self.tokenizer, s.stop) if s.stop else None
+        synced = getattr(self.model, "_is_fsdp_managed_module", False) and ranks_world() > 1
+        return decode(self.model, cache, ids_n[:, -1], mask_n, positions, s.max_new_tokens,
+                      Sampler(s.temperature, s.top_k, s.top_p, rows=len(ids_n)), self.eos, s.min_new_tokens,
+                      stop=None if stop is None else (lambda seqs: stop(seqs, None)), prompt=ids_n, pad_id=pad,
+                      synced=synced)
 
     @torch.no_grad()
     def next_token_logprobs(self, prompts: list[list[dict[str, str]]], token_ids: list[int],

@@ -55,10 +55,8 @@ def test_sampler_draws_the_tempered_truncated_distribution(block):
     torch.manual_seed(0)
     logits = torch.log(torch.tensor([[0.4, 0.25, 0.15, 0.12, 0.08]])).repeat(40_000, 1)  # [rows, V]
     for temperature, top_k, top_p in [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8)]:
-        sampler = Sampler(temperature, top_k, top_p, block=block)
-        out = sampler(torch.zeros(len(logits), 1, dtype=torch.long), logits.clone())
-        tokens = out.argmax(-1)  # what generate's greedy step takes
-        assert torch.isfinite(out).sum() == len(logits)  # one finite score per row: the sampled token
+        sampler = Sampler(temperature, top_k, top_p, rows=len(logits), block=block)
+        tokens, recorded = sampler(logits.clone(), torch.arange(len(logits)))
         expected = logits[:1] / temperature
         if top_k:
             expected = TopKLogitsWarper(top_k)(None, expected)
@@ -70,7 +68,7 @@ def test_sampler_draws_the_tempered_truncated_distribution(block):
         assert freq[probs == 0].sum() == 0  # truncated tokens are never drawn
         # the recorded log-prob is the untruncated tempered one, at the drawn token
         logp = torch.log_softmax(logits[:1] / temperature, -1)[0]
-        torch.testing.assert_close(sampler.steps[0], logp[tokens])
+        torch.testing.assert_close(recorded, logp[tokens])
 
 
 def test_sampler_draws_do_not_move_with_rounding_noise():
@@ -84,7 +82,7 @@ def test_sampler_draws_do_not_move_with_rounding_noise():
     draws = []
     for scores in (logits, moved):
         torch.manual_seed(0)
-        draws.append(Sampler(1.0, block=32)(None, scores).argmax(-1))
+        draws.append(Sampler(1.0, rows=len(scores), block=32)(scores, torch.arange(len(scores)))[0])
     assert (draws[0] != draws[1]).float().mean() < 0.02
 
 
@@ -134,3 +132,65 @@ def test_min_new_tokens_holds_eos_back(tiny_model_and_tokenizer):
         model.generation_config.eos_token_id = eos
     assert any(len(c) < 12 for c in free.completion_ids)  # eos stops some rows early ...
     assert all(len(c) == 12 and 5 not in c for c in held.completion_ids)  # ... not before min_new_tokens
+
+
+class _GenerateSampler:
+    """The engine's sampler as a logits processor of ``transformers``' ``generate``: what the engine ran before its
+    own decode loop, kept here as the reference."""
+
+    def __init__(self, sampler):
+        self.sampler, self.steps = sampler, []
+
+    def __call__(self, input_ids, scores):
+        token, logp = self.sampler(scores, torch.arange(scores.shape[0]))
+        self.steps.append(logp)
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token[:, None], 0.0)
+
+
+def _generate_reference(engine, prompts, n, s, seed):
+    """Tokens and log-probs by ``generate`` on a static batch (every row computed until the longest ends)."""
+    from transformers import LogitsProcessorList, StaticCache
+
+    from srtlab.models.forward import CACHE, left_pad
+    from srtlab.rollout.engine import render_prompts
+    from srtlab.rollout.hf import Sampler, _trim
+
+    torch.manual_seed(__import__("srtlab.seeds", fromlist=["seed_for"]).seed_for(seed, "chunk", 0))
+    ids, mask = left_pad(render_prompts(engine.tokenizer, prompts), engine.tokenizer.pad_token_id)
+    ids_n, mask_n = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+    proc = _GenerateSampler(Sampler(s.temperature, s.top_k, s.top_p, rows=len(ids_n)))
+    out = engine.model.generate(
+        input_ids=ids_n, attention_mask=mask_n, do_sample=False, temperature=None, top_p=None, top_k=None,
+        max_new_tokens=s.max_new_tokens, min_new_tokens=s.min_new_tokens or None, eos_token_id=engine.eos,
+        pad_token_id=engine.tokenizer.pad_token_id, stop_strings=s.stop or None,
+        tokenizer=engine.tokenizer if s.stop else None, logits_processor=LogitsProcessorList([proc]),
+        **{CACHE: StaticCache(config=engine.model.config, max_cache_len=ids.shape[1] + s.max_new_tokens)})
+    new = out[:, ids.shape[1]:]
+    logps = torch.stack(proc.steps[:new.shape[1]], 1)
+    tokens = [_trim(row.tolist(), set(engine.eos)) for row in new]
+    return tokens, [lp[:len(c)].tolist() for lp, c in zip(logps, tokens)]
+
+
+@pytest.mark.parametrize("settings", [
+    {"temperature": 1.0}, {"temperature": 0.7, "top_k": 5}, {"temperature": 1.0, "top_p": 0.9},
+    {"temperature": 0.0}, {"temperature": 1.0, "min_new_tokens": 4}, {"temperature": 1.0, "stop": ["e"]}])
+@pytest.mark.parametrize("share_prefill", [True, False])
+def test_decode_loop_draws_what_generate_draws(tiny_model_and_tokenizer, settings, share_prefill):
+    """Finished rows leave the decode batch, and the draws and recorded log-probs stay those of ``generate`` on the
+    whole static batch: identical tokens, log-probs to 1e-6 (fp32)."""
+    model, tok = tiny_model_and_tokenizer
+    eos = model.generation_config.eos_token_id
+    if not settings.get("stop"):  # a token it draws often: rows end at different steps (a stop string does that
+        model.generation_config.eos_token_id = 5  # with the pad token as eos: generate pads finished rows with it)
+    try:
+        engine = HFEngine(model, tok, share_prefill=share_prefill)
+        s = SamplingSettings(max_new_tokens=16, **settings)
+        got = engine.generate(_prompts(), 4, s, seed=3)
+        tokens, logps = _generate_reference(engine, _prompts(), 4, s, seed=3)
+    finally:
+        model.generation_config.eos_token_id = eos
+    assert got.completion_ids == tokens
+    if settings == {"temperature": 1.0}:
+        assert len({len(c) for c in tokens}) > 1  # rows did finish apart (and left the decode batch)
+    for a, b in zip(got.sampler_logprobs, logps):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=0, atol=1e-6)
