@@ -29,7 +29,8 @@ from srtlab.plot import read_metrics
 NOT_THE_EXPERIMENT = ("seed", "data.seed", "run_dir", "resume", "ckpt_path")
 HELDOUT = ("mean", "maj", "pass")
 DYNAMICS = ["train/label_accuracy", "train/majority_share", "train/answer_concentration", "train/entropy",
-            "train/response_length", "train/reward/mixed", "train/answer_rate", "val/*/top_answer_share"]
+            "train/response_length", "train/reward/mixed", "train/answer_rate", "val/*/top_answer_share",
+            "guard/probe/vote_rate", "guard/probe/base_agreement", "guard/probe/distinct_ratio"]  # the guard's probe
 ACTION_STYLE = {"warn": ":", "stop": "--", "rollback": "-."}
 
 
@@ -225,12 +226,13 @@ def results_table(groups: dict[str, list[Run]]) -> str:
 def events_table(groups: dict[str, list[Run]]) -> str:
     rows = [f"<tr><td>{html.escape(label)}</td><td>{html.escape(str(r.seed))}</td><td>{e['step']}</td>"
             f"<td>{html.escape(str(e.get('action')))}</td><td>{html.escape(', '.join(e.get('rules', [])))}</td>"
+            f"<td>{'yes' if e.get('uses_labels') else 'no'}</td>"
             f"<td><code>{html.escape(json.dumps(e.get('values', {})))}</code></td></tr>"
             for label, runs in groups.items() for r in runs for e in r.events]
     if not rows:
         return "<p>No guard events (the guard was off, or no rule fired).</p>"
     return ("<table><tr><th>experiment</th><th>seed</th><th>step</th><th>action</th><th>rules</th>"
-            "<th>signal values</th></tr>" + "".join(rows) + "</table>")
+            "<th>read gold</th><th>signal values</th></tr>" + "".join(rows) + "</table>")
 
 
 def runs_table(groups: dict[str, list[Run]]) -> str:
@@ -264,7 +266,8 @@ def render(groups: dict[str, list[Run]]) -> str:
     dyn = dynamics_metrics(runs)
     parts.append("<h2>Training dynamics</h2><p class='note'>label_accuracy: how often the majority answer is right "
                  "(uses gold, monitor only); majority_share toward 1, entropy toward 0 and top_answer_share toward 1 "
-                 "are the collapse signals (docs/guard.md).</p>")
+                 "go with collapse; the guard's probe (guard/probe/*, no gold read) sees it: vote_rate and "
+                 "base_agreement fall as the policy leaves the base model's own votes (docs/guard.md).</p>")
     parts.append(_image(_figure(groups, dyn), "training dynamics") if dyn else "<p>No training metrics.</p>")
     parts += ["<h2>Guard events</h2>", events_table(groups), "<h2>Before / after</h2>", results_table(groups),
               "</body></html>"]

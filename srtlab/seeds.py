@@ -17,6 +17,7 @@ STREAMS = {
     "val": "held-out samples of an evaluation (keys: set index, batch index)",
     "probe": "the weight-sync probe's samples (keys: step)",
     "guard_probe": "the guard's labelled probe (keys: step)",
+    "guard_watch": "the guard's unlabelled probe (keys: original | rephrased; the same at every probe)",
     "retry_eval": "held-out reflect-and-retry evaluation (keys: set index)",
     "climb_eval": "the curriculum's per-level evaluations (keys: task, level)",
     "label": "frozen-teacher labelling samples (keys: batch start)",

@@ -1,24 +1,29 @@
 """The collapse guard: a Lightning callback that watches label-free signals and warns, stops or rolls back.
 
 After every training step (``on_train_batch_end``) it appends the step's ``train/*`` values from
-``trainer.callback_metrics`` to its history, and after every evaluation (``on_validation_end``) the
-``val/*`` values; both are logged before these hooks by the module (and the callbacks), so the guard
-does not depend on where it is listed among the callbacks. Then it checks its rules (``srtlab.guard.rules``)
-and, when one fires outside the cooldown, acts:
+``trainer.callback_metrics`` to its history, records each prompt's majority vote (the step's ``votes``: a
+per-question history, :mod:`srtlab.guard.votes`), and every ``probe.every`` steps samples its unlabelled probe
+(:class:`~srtlab.guard.probe.UnlabelledProbe`: a fixed set of training prompts, no gold read; once before
+training too, which gives the base model's votes). After every evaluation (``on_validation_end``) it adds the
+``val/*`` values. Then it checks its rules (``srtlab.guard.rules``) and, when one fires outside the cooldown, acts:
 
 - ``warn``: log a warning;
 - ``stop``: save ``<run>/guard/stop.ckpt`` (resumable), write the reason to ``<run>/guard/stop.json``, and
   end training cleanly (``trainer.should_stop``);
-- ``rollback``: restore the weights of the best checkpoint so far (see :class:`CollapseGuard` for the
-  criterion), reset the optimizer's moments, apply the :class:`Remedy`, and continue; after
-  ``max_rollbacks`` it stops instead.
+- ``rollback``: restore the weights of the best checkpoint so far (``best_by``), reset the optimizer's
+  moments, apply the :class:`Remedy`, and continue; after ``max_rollbacks`` it stops instead.
 
-With ``probe`` set (:mod:`srtlab.guard.probe`, off by default) it also scores a few held-out prompts with
-gold answers every few steps and adds the one rule that reads labels, ``probe``.
+With ``skip`` set it also applies TTRL-Guard's per-prompt remedy on every step (:mod:`srtlab.guard.skips`).
+
+**Labels.** Every rule and best-checkpoint criterion declares whether it reads gold answers. With
+``label_free: true`` (``guard=warn|stop|rollback``) a rule, criterion, remedy or probe that does is a config
+error; ``guard=labelled`` allows them. Whatever reads labels is logged under ``guard/labelled/`` and marked in
+``guard/events.jsonl`` (``uses_labels``).
 
 Every event goes to ``<run>/guard/events.jsonl`` with the values that triggered it, and to ``guard/*``
-metrics (global rank 0 writes; rank 0's decision is broadcast so all ranks act alike). The history, the
-best checkpoint, the cooldown and the remedies in force are the callback's ``state_dict``, which
+metrics (global rank 0 writes; rank 0's decision is broadcast so all ranks act alike). ``time/guard`` is the
+guard's own wall time per step (the probe included). The history, the per-prompt votes, the probe's base
+votes, the best checkpoint, the cooldown and the remedies in force are the callback's ``state_dict``, which
 Lightning saves in every checkpoint, so a resumed run guards exactly as the uninterrupted one would.
 """
 
@@ -35,22 +40,29 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from srtlab.guard.probe import LabelledProbe
-from srtlab.guard.remedy import Remedy, best_score, scale_learning_rate
+from srtlab.guard.probe import LabelledProbe, UnlabelledProbe
+from srtlab.guard.remedy import BEST_BY, Remedy, best_score, scale_learning_rate
 from srtlab.guard.rules import Finding, GuardRule, ProbeDrop
 from srtlab.guard.signals import History
+from srtlab.guard.skips import UpdateSkips, ids_by_question, skip_map
+from srtlab.guard.votes import FlipSettings, PromptVotes
 from srtlab.models.load import load_policy_weights
-from srtlab.settings import Annotated, Rule, checked, choice, integer, within
+from srtlab.settings import Annotated, Rule, boolean, checked, choice, fail, integer, problem, within
+from srtlab.types import question_of
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("warn", "stop", "rollback")
-BEST_BY = ("top_answer_share", "heldout_mean")
 RULES = Rule(lambda v: hasattr(v, "items") and len(v) > 0 and all(
     hasattr(r, "check") and getattr(r, "when", None) in ("step", "eval") for r in v.values()),
     "a non-empty mapping of name -> a rule from srtlab.guard.rules (see configs/guard/warn.yaml)")
-PROBE = Rule(lambda v: v is None or isinstance(v, LabelledProbe) or hasattr(v, "items"),
-             "null or {size, every, k, max_drop}")
+
+
+def _part(what: str, cls: type) -> Rule:
+    return Rule(lambda v: v is None or isinstance(v, cls) or hasattr(v, "items"), f"null or {what}")
+
+
+LABEL_FREE = "a guard that reads no gold answer (label_free: true); guard=labelled allows it"
 
 
 @checked
@@ -64,34 +76,78 @@ class CollapseGuard(L.Callback):
         cooldown: steps after an event during which no rule acts (its values are still logged).
         remedy: what a rollback changes.
         max_rollbacks: after this many rollbacks the next event stops the run.
-        best_by: the rollback target, chosen among the evaluations of this run: ``top_answer_share``
-            (label-free, default: the lowest held-out top-answer share, the latest on ties) or
-            ``heldout_mean`` (the highest held-out mean@k: uses the held-out gold answers).
+        best_by: the rollback target (:data:`srtlab.guard.remedy.BEST_BY`): ``vote_rate`` (label-free: the
+            unlabelled probe step whose samples gave the base model's majority answers most often),
+            ``top_answer_share`` (label-free: the evaluation with the lowest held-out top-answer share) or
+            ``heldout_mean`` (uses labels: the highest held-out mean@k). Until one has scored: the starting weights.
+        probe: the unlabelled probe (``{size, every, k, rephrase, kl}``) or null.
+        labelled_probe: USES LABELS: ``{size, every, k, max_drop}`` scores held-out gold prompts and adds the rule
+            ``labelled_probe``; null by default.
+        flips: when a prompt is at risk (TTRL-Guard: flip rate > 0.3 after 5 visits, recent share > 0.7).
+        skip: TTRL-Guard's per-prompt update skipping (``{probability: 0.7, sources: [train, probe]}``) or null.
+        label_free: refuse any rule, criterion, remedy or probe that reads gold answers.
     """
 
     def __init__(self, action: Annotated[str, choice(ACTIONS)], rules: Annotated[Mapping[str, GuardRule], RULES],
                  baseline_steps: Annotated[int, integer(1)] = 3, cooldown: Annotated[int, integer(0)] = 5,
                  remedy: Remedy | None = None, max_rollbacks: Annotated[int, integer(0)] = 2,
-                 best_by: Annotated[str, choice(BEST_BY)] = "top_answer_share",
-                 probe: Annotated[LabelledProbe | Mapping[str, Any] | None, PROBE] = None) -> None:
+                 best_by: Annotated[str, choice(BEST_BY)] = "vote_rate",
+                 probe: Annotated[UnlabelledProbe | Mapping[str, Any] | None,
+                                  _part("{size, every, k, rephrase, kl}", UnlabelledProbe)] = None,
+                 labelled_probe: Annotated[LabelledProbe | Mapping[str, Any] | None,
+                                           _part("{size, every, k, max_drop}", LabelledProbe)] = None,
+                 flips: Annotated[FlipSettings | Mapping[str, Any] | None,
+                                  _part("{min_visits, max_flip_rate, min_share, recent, keep}", FlipSettings)] = None,
+                 skip: Annotated[UpdateSkips | Mapping[str, Any] | None,
+                                 _part("{probability, sources}", UpdateSkips)] = None,
+                 label_free: Annotated[bool, boolean()] = True) -> None:
         self.action, self.rules, self.baseline_steps, self.cooldown = action, dict(rules), baseline_steps, cooldown
-        self.remedy, self.max_rollbacks, self.best_by = remedy or Remedy(), max_rollbacks, best_by
-        with within("probe"):
-            self.probe = LabelledProbe(**probe) if isinstance(probe, Mapping) else probe
-        if self.probe is not None:  # the one rule that reads labels, named so: "probe"
-            self.rules.setdefault("probe", ProbeDrop(max_drop=self.probe.max_drop))
+        self.remedy, self.max_rollbacks, self.best_by, self.label_free = remedy or Remedy(), max_rollbacks, best_by, \
+            label_free
+        self.probe = _build(UnlabelledProbe, probe, "probe")
+        self.labelled_probe = _build(LabelledProbe, labelled_probe, "labelled_probe")
+        self.flips = _build(FlipSettings, flips, "flips") or FlipSettings()
+        self.skip = _build(UpdateSkips, skip, "skip")
+        if label_free:
+            fail(type(self), self._labelled_parts())
+        if self.labelled_probe is not None:  # the labelled probe's rule, named so
+            self.rules.setdefault("labelled_probe", ProbeDrop(max_drop=self.labelled_probe.max_drop))
+        if BEST_BY[best_by].when == "probe" and self.probe is None and action == "rollback":
+            fail(type(self), [problem("best_by", best_by, "top_answer_share (or heldout_mean with label_free: false) "
+                                                          "when probe is null: vote_rate scores the unlabelled probe")])
         self.history = History()
+        self.train_votes = PromptVotes(self.flips.keep)  # question -> visits in training
+        self.probe_votes = PromptVotes(self.flips.keep)  # question -> visits at the unlabelled probe
         self.quiet_until = -1  # no action before this step
         self.events = 0
         self.rollbacks = 0
         self.best: dict[str, Any] | None = None  # {"path", "score", "step"}
         self.gold_until = -1  # the gold mix (the module's "guard" reward override) is in force until this step
         self.kl_coef: float | None = None  # the KL coefficient a rollback set (re-applied on resume)
+        self._prompts: dict[str, tuple[str, str]] | None = None  # training prompt id -> (question, answer kind)
+        self._ids: dict[str, list[str]] = {}  # question -> training prompt ids
+
+    def _labelled_parts(self) -> list[tuple[str, Any, str]]:
+        """What in this guard reads gold answers: (key, value, why refused)."""
+        found = [(f"rules.{name}", type(rule).__name__, LABEL_FREE) for name, rule in self.rules.items()
+                 if getattr(rule, "labels", False)]
+        if BEST_BY[self.best_by].labels:
+            found.append(("best_by", self.best_by, f"vote_rate or top_answer_share in {LABEL_FREE}"))
+        if self.labelled_probe is not None:
+            found.append(("labelled_probe", "set", f"null in {LABEL_FREE}"))
+        if self.remedy.gold_mix is not None:
+            found.append(("remedy.gold_mix", dict(self.remedy.gold_mix), f"null in {LABEL_FREE}"))
+        return found
 
     # -- set-up and resume ------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Fail before training if a configured remedy has no hook in this module or these callbacks."""
-        if stage != "fit" or self.action != "rollback":
+        if stage != "fit":
+            return
+        if self.skip is not None and not hasattr(pl_module, "set_update_skips"):
+            raise ValueError(f"callbacks.guard.skip needs {type(pl_module).__name__}.set_update_skips, which it lacks; "
+                             "set callbacks.guard.skip=null")
+        if self.action != "rollback":
             return
         if self.remedy.kl_coef is not None and not hasattr(pl_module, "set_kl_coef"):
             raise ValueError(f"callbacks.guard.remedy.kl_coef={self.remedy.kl_coef} needs {type(pl_module).__name__}"
@@ -106,34 +162,56 @@ class CollapseGuard(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.kl_coef is not None:  # remedies in force when the run was saved
             pl_module.set_kl_coef(self.kl_coef)
-        if self.action == "rollback" and self.best is None:  # the starting weights: a target until an evaluation
-            self._save_best(trainer, float("-inf"))
+        if self.probe is not None and self.probe.base is None:  # the base model's votes, before any update
+            t0 = time.perf_counter()
+            values = self._run_probe(trainer, pl_module, trainer.global_step)
+            self._log_direct(trainer, {**values, "time/guard_base_probe": time.perf_counter() - t0})
+        if self.action == "rollback" and self.best is None:  # the starting weights: a target until one scores
+            start = self.history.firsts.get("guard/probe/vote_rate") if BEST_BY[self.best_by].when == "probe" else None
+            self._save_best(trainer, float("-inf") if start is None else start)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history.state_dict(), "quiet_until": self.quiet_until, "events": self.events,
-                "rollbacks": self.rollbacks, "best": self.best, "gold_until": self.gold_until, "kl_coef": self.kl_coef}
+                "rollbacks": self.rollbacks, "best": self.best, "gold_until": self.gold_until, "kl_coef": self.kl_coef,
+                "train_votes": self.train_votes.state_dict(), "probe_votes": self.probe_votes.state_dict(),
+                "probe_base": self.probe.state_dict() if self.probe is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = History.from_state(state["history"])
         self.quiet_until, self.events, self.rollbacks = state["quiet_until"], state["events"], state["rollbacks"]
         self.best, self.gold_until = state["best"], state["gold_until"]
         self.kl_coef = state["kl_coef"]
+        if "train_votes" in state:
+            self.train_votes = PromptVotes.from_state(state["train_votes"])
+            self.probe_votes = PromptVotes.from_state(state["probe_votes"])
+        if self.probe is not None:
+            self.probe.load_state_dict(state.get("probe_base"))
 
     # -- watching ---------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
+        t0 = time.perf_counter()
         step = trainer.global_step
         self.history.add(step, _metrics(trainer, "train/"))
-        probe = self.probe.run(trainer, pl_module, step) if self.probe is not None and self.probe.due(step) else {}
-        self.history.add(step, probe)  # labelled: guard/probe/*
+        flips = self._record_votes(trainer, step, (outputs or {}).get("votes") or [])  # guard/train/*
+        self.history.add(step, flips)
+        direct: dict[str, float] = {}
+        if self.probe is not None and self.probe.due(step):
+            direct.update(self._run_probe(trainer, pl_module, step))
+        if self.labelled_probe is not None and self.labelled_probe.due(step):
+            labelled = self.labelled_probe.run(trainer, pl_module, step)  # guard/labelled/probe/*
+            self.history.add(step, labelled)
+            direct.update(labelled)
         self.history.freeze_baselines(self.baseline_steps)
         if 0 <= self.gold_until <= step:
             self._end_gold_mix(pl_module)
-        if probe and trainer.is_global_zero:  # straight to the loggers: logged through the module, Lightning
-            for logger in trainer.loggers:  # would repeat the last value at every later step
-                logger.log_metrics(probe, step=step)
-        values = self._check(trainer, pl_module, "step")
-        pl_module.log_dict(values, on_step=True, batch_size=len(batch) if hasattr(batch, "__len__") else 1)
+        if self.skip is not None:
+            direct["guard/skip/prompts"] = float(self._update_skips(trainer, pl_module))
+        values = {**flips, **self._check(trainer, pl_module, "step")}
+        values["time/guard"] = time.perf_counter() - t0
+        self._log_direct(trainer, direct)  # straight to the loggers: logged through the module, Lightning would
+        pl_module.log_dict(values, on_step=True,  # repeat a probe's last value at every later step
+                           batch_size=len(batch) if hasattr(batch, "__len__") else 1)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -142,12 +220,52 @@ class CollapseGuard(L.Callback):
         if not metrics:
             return
         self.history.add(trainer.global_step, metrics)
-        if self.action == "rollback":
+        if self.action == "rollback" and BEST_BY[self.best_by].when == "eval":
             self._update_best(trainer, metrics)
         values = self._check(trainer, pl_module, "eval")
-        if trainer.is_global_zero:  # at this evaluation's row: optimizer steps taken (HeldoutLoop's "step")
-            for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step)
+        self._log_direct(trainer, values)  # at this evaluation's row: optimizer steps taken (HeldoutLoop's "step")
+
+    def _record_votes(self, trainer: L.Trainer, step: int, votes: list) -> dict[str, float]:
+        """Each trained prompt's majority into its question's history -> ``guard/train/*`` flip statistics."""
+        for prompt_id, answer, share in votes:
+            question, kind = self._prompt_index(trainer).get(prompt_id, (prompt_id, "text"))
+            self.train_votes.record(question, step, answer, share, kind)
+        stats = self.train_votes.flip_stats(**self.flips.test())
+        return {f"guard/train/{k}": v for k, v in stats.items()}
+
+    def _run_probe(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> dict[str, float]:
+        """Sample the unlabelled probe, record its votes -> the ``guard/probe/*`` values (also into the history)."""
+        values, votes = self.probe.run(trainer, pl_module, step)
+        if trainer.is_global_zero:  # every probe's votes, for reading the signals again offline
+            with open(_guard_dir(trainer) / "probe.jsonl", "a") as f:
+                f.write(json.dumps(self.probe.last) + "\n")
+        for question, answer, share, kind in votes:
+            self.probe_votes.record(question, step, answer, share, kind)
+        stats = self.probe_votes.flip_stats(**self.flips.test())
+        values.update({f"guard/probe/{k}": stats[k] for k in ("flip_rate", "at_risk", "eligible")})
+        self.history.add(step, values)
+        if self.action == "rollback" and BEST_BY[self.best_by].when == "probe" and step > 0:
+            self._update_best(trainer, values)
+        return values
+
+    def _prompt_index(self, trainer: L.Trainer) -> dict[str, tuple[str, str]]:
+        """Training prompt id -> (question, answer kind), built once (questions recur under several ids)."""
+        if self._prompts is None:
+            prompts = getattr(getattr(getattr(trainer, "datamodule", None), "train", None), "prompts", None) or []
+            self._prompts = {p.id: (question_of(p), p.answer_kind) for p in prompts}
+            self._ids = ids_by_question(prompts)
+        return self._prompts
+
+    def _update_skips(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
+        """TTRL-Guard: the at-risk prompts' ids to the module with the skip probability -> how many ids."""
+        self._prompt_index(trainer)
+        risky = set()
+        for source, votes in (("train", self.train_votes), ("probe", self.probe_votes)):
+            if source in self.skip.sources:
+                risky.update(votes.risky(**self.flips.test()))
+        skips = skip_map(sorted(risky), self._ids, self.skip.probability)
+        pl_module.set_update_skips("guard", skips or None)
+        return len(skips)
 
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> dict[str, float]:
         """Run the rules checked at ``when``; act on the fired ones; -> the values to log."""
@@ -158,10 +276,17 @@ class CollapseGuard(L.Callback):
         acting = fired and trainer.state.fn == TrainerFn.FITTING and trainer.global_step >= self.quiet_until
         if acting:
             self._act(trainer, pl_module, fired, findings)
-        values = {f"guard/{name}/{k}": v for name, f in findings.items() for k, v in f.values.items()}
-        values.update({f"guard/{name}/fired": float(f.fired) for name, f in findings.items()})
+        values = {}
+        for name, f in findings.items():
+            prefix = self._prefix(name)
+            values.update({f"{prefix}/{k}": v for k, v in f.values.items()})
+            values[f"{prefix}/fired"] = float(f.fired)
         values.update({"guard/events": float(self.events), "guard/rollbacks": float(self.rollbacks)})
         return values
+
+    def _prefix(self, name: str) -> str:
+        """``guard/<rule>``, or ``guard/labelled/<rule>`` for a rule that reads gold answers."""
+        return f"guard/labelled/{name}" if getattr(self.rules.get(name), "labels", False) else f"guard/{name}"
 
     # -- acting -----------------------------------------------------------------------------------
     def _act(self, trainer: L.Trainer, pl_module: L.LightningModule, fired: list[str],
@@ -170,8 +295,11 @@ class CollapseGuard(L.Callback):
         action = self.action
         if action == "rollback" and self.rollbacks >= self.max_rollbacks:
             action = "stop"  # the remedies did not hold
+        labelled = [name for name in fired if getattr(self.rules[name], "labels", False)]
         event: dict[str, Any] = {"step": step, "time": time.time(), "action": action, "rules": fired,
-                                 "values": {name: findings[name].values for name in fired}}
+                                 "values": {name: findings[name].values for name in fired},
+                                 "reads": {name: list(getattr(self.rules[name], "reads", ())) for name in fired},
+                                 "uses_labels": bool(labelled), "labelled_rules": labelled}
         reason = f"guard: {', '.join(fired)} fired at step {step} {event['values']}"
         self.events += 1
         self.quiet_until = step + self.cooldown
@@ -181,6 +309,7 @@ class CollapseGuard(L.Callback):
             event["checkpoint"] = str(self._stop(trainer, reason, event))
         else:
             event.update(self._rollback(trainer, pl_module))
+            event["uses_labels"] = event["uses_labels"] or BEST_BY[self.best_by].labels
             log.warning(f"{reason}; rolled back to step {event['restored_step']} with {event['remedy']}")
         self._write_event(trainer, event)
 
@@ -205,8 +334,10 @@ class CollapseGuard(L.Callback):
         _sync_engines(trainer, pl_module)
         self.rollbacks += 1
         self.history.clear_windows()  # the windows describe the weights just abandoned; baselines stay
-        return {"restored_step": self.best["step"], "restored_from": self.best["path"], "remedy": remedy}
-
+        self.train_votes.clear()
+        self.probe_votes.clear()
+        return {"restored_step": self.best["step"], "restored_from": self.best["path"], "remedy": remedy,
+                "best_by": self.best_by, "best_score": self.best["score"]}
     def _apply_remedy(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         r, done = self.remedy, {}
         if r.lr_factor is not None and r.lr_factor != 1:
@@ -240,6 +371,12 @@ class CollapseGuard(L.Callback):
         trainer.save_checkpoint(path, weights_only=True)
         self.best = {"path": str(path), "score": score, "step": trainer.global_step}
 
+    def _log_direct(self, trainer: L.Trainer, values: dict[str, float]) -> None:
+        """Write ``values`` at the current step straight to the loggers (rank 0)."""
+        if values and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+
     def _write_event(self, trainer: L.Trainer, event: dict[str, Any]) -> None:
         if trainer.is_global_zero:
             with open(_guard_dir(trainer) / "events.jsonl", "a") as f:
@@ -253,6 +390,14 @@ def _metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
         if name.startswith(prefix) and (not torch.is_tensor(value) or value.numel() == 1):
             out[name] = float(value)
     return out
+
+
+def _build(cls: type, value: Any, key: str) -> Any:
+    """A part given as a mapping (``probe: {size: 8}``) built under its key, so its errors name it."""
+    if not isinstance(value, Mapping):
+        return value
+    with within(key):
+        return cls(**value)
 
 
 def _guard_dir(trainer: L.Trainer) -> Path:

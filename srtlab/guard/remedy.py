@@ -1,8 +1,9 @@
-"""What the guard does after a rollback (the remedies), and how it scores checkpoints (label-free)."""
+"""What the guard does after a rollback (the remedies), and how it scores checkpoints (the rollback target)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import lightning as L
 
@@ -17,7 +18,8 @@ class Remedy:
     lr_factor: multiply the learning rate (optimizer param groups and the scheduler's base rates).
     kl_coef: set the KL coefficient (``pl_module.set_kl_coef``).
     gold_mix: reward weights for ``gold_mix_steps`` steps (``pl_module.override_reward_weights``), e.g.
-        ``{vote: 0.5, ground_truth: 0.5}``; only where the training prompts have gold answers.
+        ``{vote: 0.5, ground_truth: 0.5}``; only where the training prompts have gold answers. USES LABELS: refused
+        by the label-free presets.
     curriculum_back: move the curriculum one level back (``step_back()`` on the callback that has it).
     """
 
@@ -32,12 +34,32 @@ class Remedy:
             fail(type(self), [problem("gold_mix_steps", self.gold_mix_steps, "an integer >= 1 when gold_mix is set")])
 
 
+class Criterion(NamedTuple):
+    """A rollback target criterion: when it scores (``eval``: at each evaluation, ``probe``: at each unlabelled
+    probe), what it reads, and whether that is gold (``labels``)."""
+
+    when: str
+    reads: tuple[str, ...]
+    labels: bool
+
+
+BEST_BY = {
+    "vote_rate": Criterion("probe", ("guard/probe/vote_rate",), False),
+    "top_answer_share": Criterion("eval", ("val/*/top_answer_share",), False),
+    "heldout_mean": Criterion("eval", ("val/*/mean@*",), True),
+}
+
+
 def best_score(metrics: dict[str, float], best_by: str) -> float | None:
-    """Higher is better: minus the worst set's top-answer share, or the mean over sets of mean@k."""
+    """Higher is better: the unlabelled probe's vote rate (``vote_rate``: the share of probe samples giving the base
+    model's majority answer), minus the worst held-out set's top-answer share (``top_answer_share``), or the mean
+    over held-out sets of mean@k (``heldout_mean``, uses labels); None when ``metrics`` lack it."""
+    if best_by == "vote_rate":
+        return metrics.get("guard/probe/vote_rate")
     if best_by == "top_answer_share":
-        shares = [v for k, v in metrics.items() if k.endswith("/top_answer_share")]
+        shares = [v for k, v in metrics.items() if k.startswith("val/") and k.endswith("/top_answer_share")]
         return -max(shares) if shares else None
-    means = [v for k, v in metrics.items() if "/mean@" in k]
+    means = [v for k, v in metrics.items() if k.startswith("val/") and "/mean@" in k]
     return sum(means) / len(means) if means else None
 
 

@@ -2,17 +2,21 @@
 
 Each rule reads a few signals and returns a :class:`Finding` (the values it measured and whether it
 fires) or None while it has too little history. ``when`` says if it is checked after every training
-step (``"step"``) or after every evaluation (``"eval"``). The docstring of each says why it indicates
-collapse; docs/guard.md has the same in prose. Thresholds are starting points, not universal constants:
-a task whose gold answers are themselves concentrated needs a higher concentration threshold.
+step (``"step"``) or after every evaluation (``"eval"``). Every rule declares what it reads: ``reads`` (the
+metric names or globs) and ``labels`` (True when one of them comes from gold answers: such a rule is refused
+by the label-free presets, and its values and events are named ``labelled``). The docstring of each says why
+it indicates collapse; docs/guard.md has the same in prose, and docs/collapse.md the study behind the
+shipped thresholds. A task whose gold answers are themselves concentrated needs a higher concentration
+threshold.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from srtlab.guard.signals import History, relative_change, self_reward_name, slope, window
-from srtlab.settings import Annotated, Rule, boolean, checked, integer, real
+from srtlab.guard.signals import History, fresh, relative_change, self_reward_name, slope, window
+from srtlab.settings import Annotated, Rule, boolean, checked, choice, integer, real
 
 HELDOUT = Rule(lambda v: isinstance(v, str) and v.startswith("val/"), "a val/ metric name or glob (val/*/mean@*)")
 
@@ -40,6 +44,8 @@ class MajorityCollapse:
     window: Annotated[int, integer(2)] = 5
     require_falling_entropy: Annotated[bool, boolean()] = True
     when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("train/majority_share", "train/entropy")
+    labels: ClassVar[bool] = False
 
 
     def check(self, h: History) -> Finding | None:
@@ -71,6 +77,8 @@ class AnswerConcentration:
     threshold: Annotated[float, real(0, 1)] = 0.5
     window: Annotated[int, integer(1)] = 3
     when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("train/answer_concentration",)
+    labels: ClassVar[bool] = False
 
 
     def check(self, h: History) -> Finding | None:
@@ -93,6 +101,8 @@ class EntropyCollapse:
     ratio: Annotated[float, real(0, 1)] = 0.3
     window: Annotated[int, integer(2)] = 5
     when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("train/entropy",)
+    labels: ClassVar[bool] = False
 
 
     def check(self, h: History) -> Finding | None:
@@ -117,6 +127,8 @@ class LengthDrift:
     max_change: Annotated[float, real(0, open_low=True)] = 0.5
     window: Annotated[int, integer(1)] = 5
     when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("train/response_length",)
+    labels: ClassVar[bool] = False
 
 
     def check(self, h: History) -> Finding | None:
@@ -141,6 +153,8 @@ class AnswerRateDrop:
     max_drop: Annotated[float, real(0, 1)] = 0.3
     window: Annotated[int, integer(1)] = 5
     when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("train/answer_rate",)
+    labels: ClassVar[bool] = False
 
 
     def check(self, h: History) -> Finding | None:
@@ -161,8 +175,9 @@ class RewardDivergence:
     the last ``window`` steps must exceed ``min_rise``. Held-out: ``heldout`` (a glob, default every
     set's ``mean@k``); its slope per evaluation must be <= ``tolerance`` for some set.
     Why: this is the definition of reward hacking (the SRT paper; the URLVR study's "rise then fall"):
-    the model is getting better at agreeing with itself and not at the task. The held-out sets carry gold
-    answers, but they are the run's own evaluation, never a training signal.
+    the model is getting better at agreeing with itself and not at the task. USES LABELS: held-out mean@k is
+    scored against gold answers (the run's own evaluation, never a training signal), so the rule is only in
+    ``guard=labelled``.
     """
 
     window: Annotated[int, integer(2)] = 5
@@ -171,6 +186,8 @@ class RewardDivergence:
     tolerance: Annotated[float, real()] = 0.0
     heldout: Annotated[str, HELDOUT] = "val/*/mean@*"
     when = "eval"
+    reads: ClassVar[tuple[str, ...]] = ("train/reward/vote", "train/reward/mixed", "val/*/mean@*")
+    labels: ClassVar[bool] = True
 
 
     def check(self, h: History) -> Finding | None:
@@ -196,6 +213,8 @@ class TopAnswerShare:
 
     threshold: Annotated[float, real(0, 1)] = 0.5
     when = "eval"
+    reads: ClassVar[tuple[str, ...]] = ("val/*/top_answer_share",)
+    labels: ClassVar[bool] = False
 
 
     def check(self, h: History) -> Finding | None:
@@ -208,27 +227,172 @@ class TopAnswerShare:
 @checked
 @dataclass
 class ProbeDrop:
-    """USES LABELS (``callbacks.guard.probe``, :mod:`srtlab.guard.probe`): the labelled probe's mean@k is more
-    than ``max_drop`` below its best so far (since the start or the last rollback).
+    """USES LABELS (``callbacks.guard.labelled_probe``, :mod:`srtlab.guard.probe`): the labelled probe's mean@k is
+    more than ``max_drop`` below its best so far (since the start or the last rollback).
 
-    Why: a probe with gold answers measures what every label-free rule can only infer; the collapse study
-    (docs/collapse.md) had the policy converge on wrong answers that stayed varied, which no label-free
-    signal saw in time. Added by the guard when a probe is configured, under the name ``probe``.
+    Why: a probe with gold answers measures what the label-free rules can only infer. Added by the guard when a
+    labelled probe is configured, under the name ``labelled_probe``.
     """
 
     max_drop: Annotated[float, real(0, 1)] = 0.1
     when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("guard/labelled/probe/mean@*",)
+    labels: ClassVar[bool] = True
 
 
     def check(self, h: History) -> Finding | None:
-        names = h.names("guard/probe/mean@*")
-        rows = h.series[names[0]] if names else []
-        newest = max((series[-1][0] for series in h.series.values() if series), default=None)
-        if not rows or rows[-1][0] != newest:  # checked at the steps the probe ran
+        names = h.names("guard/labelled/probe/mean@*")
+        values = fresh(h, names[0]) if names else None
+        if not values:  # checked at the steps the probe ran
             return None
-        values = [v for _, v in rows]
         return Finding(max(values) - values[-1] > self.max_drop, {"probe_mean": values[-1], "probe_best": max(values)})
 
 
+@checked
+@dataclass
+class FlipRisk:
+    """The share of prompts at risk (TTRL-Guard, arXiv 2605.19444) is at least ``threshold``.
+
+    A prompt is at risk when its majority answer flipped on more than 30% of its revisits (after at least 5
+    visits) while its recent majority share is above 0.7 (:mod:`srtlab.guard.votes`; the callback's
+    ``flips`` settings). ``source``: ``probe`` (the unlabelled probe's fixed prompts, every probe) or ``train``
+    (training questions that recur; few do in a short run on a large task).
+    Why: a healthy self-rewarded run settles on one answer per prompt; confident answers that keep changing
+    mean the vote's labels follow the policy's drift rather than the task.
+    """
+
+    threshold: Annotated[float, real(0, 1, open_low=True)] = 0.25
+    source: Annotated[str, choice(("probe", "train"))] = "probe"
+    when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("guard/probe/at_risk", "guard/train/at_risk")
+    labels: ClassVar[bool] = False
+
+    def check(self, h: History) -> Finding | None:
+        risk = fresh(h, f"guard/{self.source}/at_risk")
+        eligible = fresh(h, f"guard/{self.source}/eligible")
+        if risk is None or not eligible or eligible[-1] < 1:
+            return None
+        return Finding(risk[-1] >= self.threshold, {"at_risk": risk[-1], "eligible": eligible[-1]})
+
+
+@checked
+@dataclass
+class BaseDrift:
+    """On each of the last ``window`` probes, at most ``min_agreement`` of the probe prompts keep the base model's
+    majority answer (``guard/probe/base_agreement``).
+
+    Why: the vote rewards what the policy already says, so healthy self-rewarded training sharpens onto the base
+    model's own votes; a policy whose majorities have left most of them is no longer amplifying its knowledge
+    but drifting (what no per-step training signal separates from sharpening).
+    """
+
+    min_agreement: Annotated[float, real(0, 1)] = 0.5
+    window: Annotated[int, integer(1)] = 1
+    when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("guard/probe/base_agreement",)
+    labels: ClassVar[bool] = False
+
+    def check(self, h: History) -> Finding | None:
+        values = window(fresh(h, "guard/probe/base_agreement") or [], self.window)
+        if values is None:
+            return None
+        return Finding(max(values) <= self.min_agreement, {"base_agreement": values[-1]})
+
+
+@checked
+@dataclass
+class VoteRateDrop:
+    """The probe's ``vote_rate`` (the share of samples giving the base model's majority answer) is more than
+    ``max_drop`` below its best so far (since the start or the last rollback).
+
+    Why: mean@k scored against the base model's own votes rises while self-reward sharpens the policy onto
+    them (SRT's gain) and falls once the policy leaves them: the rise-then-fall that held-out accuracy shows,
+    read without a gold answer. A label-free stand-in for the labelled probe's ``ProbeDrop``.
+    """
+
+    max_drop: Annotated[float, real(0, 1, open_low=True)] = 0.15
+    when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("guard/probe/vote_rate",)
+    labels: ClassVar[bool] = False
+
+    def check(self, h: History) -> Finding | None:
+        values = fresh(h, "guard/probe/vote_rate")
+        if not values:
+            return None
+        best = max(values)
+        return Finding(best - values[-1] > self.max_drop, {"vote_rate": values[-1], "vote_rate_best": best})
+
+
+@checked
+@dataclass
+class AnswerDiversity:
+    """The probe prompts' distinct majority answers fell to at most ``min_ratio`` x the base model's count.
+
+    Why: different questions have different answers; a policy that gives fewer and fewer distinct answers
+    across them is on the way to one answer for everything, and the base model's count is the task's own
+    scale (no gold needed).
+    """
+
+    min_ratio: Annotated[float, real(0, 1)] = 0.5
+    when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("guard/probe/distinct_ratio",)
+    labels: ClassVar[bool] = False
+
+    def check(self, h: History) -> Finding | None:
+        values = fresh(h, "guard/probe/distinct_ratio")
+        if not values:
+            return None
+        return Finding(values[-1] <= self.min_ratio, {"distinct_ratio": values[-1]})
+
+
+@checked
+@dataclass
+class KLJump:
+    """KL(base || policy) on the base model's probe samples is above ``max_kl`` nats per sequence, or rose by
+    more than ``max_jump`` since the previous probe.
+
+    Why: collapse concentrates the policy's mass on a few outputs, so the base model's own samples become
+    improbable under it: the KL to the reference jumps (the peer surveys' fourth early signal).
+    """
+
+    max_kl: Annotated[float | None, real(0, open_low=True, null=True)] = 2.0
+    max_jump: Annotated[float | None, real(0, open_low=True, null=True)] = None
+    when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("guard/probe/kl",)
+    labels: ClassVar[bool] = False
+
+    def check(self, h: History) -> Finding | None:
+        values = fresh(h, "guard/probe/kl")
+        if not values:
+            return None
+        jump = values[-1] - values[-2] if len(values) > 1 else 0.0
+        fired = (self.max_kl is not None and values[-1] > self.max_kl) or (
+            self.max_jump is not None and jump > self.max_jump)
+        return Finding(fired, {"kl": values[-1], "kl_jump": jump})
+
+
+@checked
+@dataclass
+class RephraseDrop:
+    """The share of probe prompts whose majority is the same when the question is asked two ways fell more than
+    ``max_drop`` below the base model's (``guard/probe/rephrase_agreement``; tasks that can be rephrased).
+
+    Why: a policy that learned the task answers a question the same however it is asked (Co-Reward; Self-Harmony);
+    one that locked onto answers for the training wording does not.
+    """
+
+    max_drop: Annotated[float, real(0, 1, open_low=True)] = 0.25
+    when = "step"
+    reads: ClassVar[tuple[str, ...]] = ("guard/probe/rephrase_agreement",)
+    labels: ClassVar[bool] = False
+
+    def check(self, h: History) -> Finding | None:
+        values = fresh(h, "guard/probe/rephrase_agreement")
+        base = h.first("guard/probe/rephrase_agreement")
+        if not values or base is None:
+            return None
+        return Finding(base - values[-1] > self.max_drop, {"rephrase_agreement": values[-1], "rephrase_base": base})
+
+
 GuardRule = MajorityCollapse | AnswerConcentration | EntropyCollapse | LengthDrift | AnswerRateDrop | RewardDivergence \
-    | TopAnswerShare | ProbeDrop
+    | TopAnswerShare | ProbeDrop | FlipRisk | BaseDrift | VoteRateDrop | AnswerDiversity | KLJump | RephraseDrop

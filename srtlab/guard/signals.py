@@ -15,14 +15,17 @@ SELF_REWARDS = ("train/reward/vote", "train/reward/mixed")  # the self-reward, f
 
 @dataclass
 class History:
-    """metric -> [(step, value), ...] in the order logged; ``baseline``: each metric's frozen early mean."""
+    """metric -> [(step, value), ...] in the order logged; ``baseline``: each metric's frozen early mean;
+    ``firsts``: each metric's first value (the base model's, for the probe's signals), kept after a rollback."""
 
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
+    firsts: dict[str, float] = field(default_factory=dict)
 
     def add(self, step: int, metrics: dict[str, float]) -> None:
         """Append this step's values (one value per metric and step: a repeated step replaces the last)."""
         for name, value in metrics.items():
+            self.firsts.setdefault(name, float(value))
             rows = self.series.setdefault(name, [])
             if rows and rows[-1][0] == step:
                 rows[-1] = (step, float(value))
@@ -31,6 +34,14 @@ class History:
 
     def values(self, name: str) -> list[float]:
         return [v for _, v in self.series.get(name, [])]
+
+    def first(self, name: str) -> float | None:
+        """The first value ever logged of ``name`` (before any rollback), or None."""
+        return self.firsts.get(name)
+
+    def newest_step(self) -> int | None:
+        """The latest step any metric was logged at."""
+        return max((rows[-1][0] for rows in self.series.values() if rows), default=None)
 
     def names(self, pattern: str) -> list[str]:
         """Logged metric names matching a glob pattern (``val/*/mean@*``), sorted."""
@@ -43,21 +54,32 @@ class History:
                 self.baseline[name] = sum(v for _, v in rows[:steps]) / steps
 
     def clear_windows(self) -> None:
-        """Forget the recent values (after a rollback the windows describe the abandoned weights)."""
+        """Forget the recent values (after a rollback the windows describe the abandoned weights); baselines
+        and first values stay."""
         self.series = {}
 
     def state_dict(self) -> dict:
-        return {"series": {k: [list(r) for r in v] for k, v in self.series.items()}, "baseline": dict(self.baseline)}
+        return {"series": {k: [list(r) for r in v] for k, v in self.series.items()}, "baseline": dict(self.baseline),
+                "firsts": dict(self.firsts)}
 
     @classmethod
     def from_state(cls, state: dict) -> History:
         return cls({k: [(int(s), float(v)) for s, v in rows] for k, rows in state["series"].items()},
-                   dict(state["baseline"]))
+                   dict(state["baseline"]), dict(state.get("firsts", {})))
 
 
 def window(values: list[float], size: int) -> list[float] | None:
     """The last ``size`` values, or None while fewer have been logged."""
     return values[-size:] if size > 0 and len(values) >= size else None
+
+
+def fresh(history: History, name: str) -> list[float] | None:
+    """``name``'s values if it was logged at the newest step (a signal of the probe, checked at the steps the
+    probe ran, not again at every step after), else None."""
+    rows = history.series.get(name)
+    if not rows or rows[-1][0] != history.newest_step():
+        return None
+    return [v for _, v in rows]
 
 
 def slope(values: list[float]) -> float:

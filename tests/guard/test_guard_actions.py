@@ -14,11 +14,14 @@ from srtlab.plot import read_metrics
 from srtlab.train import build, check_config, fit
 
 # The tiny model never answers, so its majority share is 0 every step: a threshold of 0 makes the
-# majority rule fire as soon as its window (2 steps) is full, at step 2. The other rules are removed.
+# majority rule fire as soon as its window (2 steps) is full, at step 2. The other rules and the unlabelled probe
+# are removed (its own tests are below), so the rollback target is chosen at evaluations.
+OTHER_RULES = ("concentration", "entropy", "length", "answer_rate", "top_answer", "flips", "drift", "vote_drop",
+               "diversity", "kl", "rephrase")
 FIRE_AT_2 = ["callbacks.guard.rules.majority.threshold=0.0", "callbacks.guard.rules.majority.window=2",
              "callbacks.guard.rules.majority.require_falling_entropy=false",
-             *[f"~callbacks.guard.rules.{name}" for name in
-               ("concentration", "entropy", "length", "answer_rate", "divergence", "top_answer")]]
+             *[f"~callbacks.guard.rules.{name}" for name in OTHER_RULES],
+             "callbacks.guard.probe=null", "callbacks.guard.best_by=top_answer_share"]
 QUIET = [*PARITY_REWARD, "eval_before=false", "eval_after=false", "trainer.val_check_interval=100",
          "optim.lr=1e-3", "rollout.sampling.temperature=1.0"]
 
@@ -137,18 +140,25 @@ class _Trainer:
 
 
 def test_remedies_without_their_hook_fail_before_training():
-    guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(kl_coef=0.1))
+    by_evals = {"best_by": "top_answer_share"}  # no unlabelled probe here to score the rollback target
+    guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(kl_coef=0.1), **by_evals)
     with pytest.raises(ValueError, match=r"callbacks.guard.remedy.kl_coef=0.1 needs object.set_kl_coef"):
         guard.setup(_Trainer(), object(), "fit")
-    guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(curriculum_back=True))
+    guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(curriculum_back=True), **by_evals)
     with pytest.raises(ValueError, match=r"curriculum_back=true but no callback has step_back"):
         guard.setup(_Trainer(), object(), "fit")
-    guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(gold_mix={"vote": 1.0}, gold_mix_steps=3))
+    guard = CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(gold_mix={"vote": 1.0}, gold_mix_steps=3),
+                          label_free=False, **by_evals)
     with pytest.raises(ValueError, match=r"gold_mix=\{'vote': 1.0\} needs object.override_reward_weights"):
         guard.setup(_Trainer(), object(), "fit")
     with pytest.raises(ValueError, match=r"gold_mix_steps=0; accepted"):
-        CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(gold_mix={"vote": 1.0}))
+        CollapseGuard("rollback", {"m": MajorityCollapse()}, remedy=Remedy(gold_mix={"vote": 1.0}), **by_evals)
     CollapseGuard("warn", {"m": MajorityCollapse()}, remedy=Remedy(kl_coef=0.1)).setup(_Trainer(), object(), "fit")
+    with pytest.raises(ValueError, match=r"CollapseGuard.skip=.*; accepted"):
+        CollapseGuard("warn", {"m": MajorityCollapse()}, skip=3)
+    guard = CollapseGuard("warn", {"m": MajorityCollapse()}, skip={"probability": 0.7})
+    with pytest.raises(ValueError, match=r"callbacks.guard.skip needs object.set_update_skips"):
+        guard.setup(_Trainer(), object(), "fit")
 
 
 class _Curriculum(L.Callback):
@@ -162,6 +172,7 @@ class _Curriculum(L.Callback):
 def test_rollback_applies_kl_gold_mix_and_curriculum_remedies(tiny_cfg, tmp_path):
     """The hooks the remedies call (the module's set_kl_coef / override_reward_weights, a curriculum's step_back)."""
     cfg = tiny_cfg(*QUIET, "guard=rollback", *FIRE_AT_2, "callbacks.guard.cooldown=10", "trainer.max_steps=4",
+                   "callbacks.guard.label_free=false",  # the gold mix reads gold answers
                    "callbacks.guard.remedy.lr_factor=null", "callbacks.guard.remedy.kl_coef=0.05",
                    "+callbacks.guard.remedy.gold_mix={parity: 0.5, ground_truth: 0.5}",
                    "callbacks.guard.remedy.gold_mix_steps=1", "callbacks.guard.remedy.curriculum_back=true")
@@ -195,6 +206,7 @@ class _RewardWeights(L.Callback):
 CLIMB_WITH_GUARD = ["experiment=curriculum", *PARITY_REWARD, "callbacks.curriculum.tasks.chain_sum.levels=[0,1]",
                     "callbacks.curriculum.advance.steps=1", "callbacks.curriculum.evaluate=false",
                     "data.prompt.shots=[]", "optim.lr=1e-3", "guard=rollback", *FIRE_AT_2,
+                    "callbacks.guard.label_free=false",
                     "callbacks.guard.cooldown=100", "callbacks.guard.remedy.lr_factor=null",
                     "+callbacks.guard.remedy.gold_mix={parity: 0.5, ground_truth: 0.5}",
                     "callbacks.guard.remedy.gold_mix_steps=2", "trainer.max_steps=6"]
@@ -240,14 +252,24 @@ def test_reward_overrides_survive_a_resume(tiny_cfg, tmp_path):
     assert seen.by_step == {k: v for k, v in straight.items() if k > 3}
 
 
-@pytest.mark.parametrize("option", ["off", "warn", "stop", "rollback"])
+LABEL_FREE_RULES = {"majority", "concentration", "entropy", "length", "answer_rate", "top_answer", "flips", "drift",
+                    "vote_drop", "diversity", "kl", "rephrase"}
+
+
+@pytest.mark.parametrize("option", ["off", "warn", "stop", "rollback", "labelled"])
 def test_guard_options_compose_and_validate(option, tiny_cfg):
     cfg = tiny_cfg(f"guard={option}", "experiment=curriculum")
     check_config(cfg)  # builds the guard (its rules and remedy validate) next to the curriculum
     assert set(cfg.callbacks) == {"guard", "curriculum"}
     assert (cfg.callbacks.guard is None) == (option == "off")
-    if option != "off":
-        assert cfg.callbacks.guard.action == option and len(cfg.callbacks.guard.rules) == 7
+    if option == "labelled":  # the one choice that reads gold: the divergence rule, the best by held-out mean@k
+        guard = cfg.callbacks.guard
+        assert set(guard.rules) == LABEL_FREE_RULES | {"divergence"} and not guard.label_free
+        assert guard.best_by == "heldout_mean" and guard.action == "rollback"
+    elif option != "off":
+        guard = cfg.callbacks.guard
+        assert guard.action == option and set(guard.rules) == LABEL_FREE_RULES and guard.label_free
+        assert guard.best_by == "vote_rate" and guard.probe is not None and guard.labelled_probe is None
 
 
 def test_the_guard_sees_the_same_signals_wherever_it_is_listed(tiny_cfg, tmp_path):
@@ -265,21 +287,45 @@ def test_the_guard_sees_the_same_signals_wherever_it_is_listed(tiny_cfg, tmp_pat
 
 
 def test_labelled_probe_is_scored_logged_and_checked(tiny_cfg, tmp_path):
-    """callbacks.guard.probe: the held-out prompts with gold scored every 2 steps, logged as guard/probe/*, and
-    the rule that reads them added under the name "probe" (the tiny model never answers: mean 0, no drop)."""
+    """callbacks.guard.labelled_probe (guard=labelled only): the held-out prompts with gold scored every 2 steps,
+    logged as guard/labelled/probe/*, and the rule that reads them added as "labelled_probe" (the tiny model never
+    answers: mean 0, no drop)."""
     run = tmp_path / "run"
-    cfg = tiny_cfg(*QUIET, "guard=warn", "callbacks.guard.probe={size: 2, every: 2, k: 2}", "trainer.max_steps=4",
-                   run_dir=run)
+    cfg = tiny_cfg(*QUIET, "guard=labelled", "callbacks.guard.action=warn", "callbacks.guard.probe=null",
+                   "callbacks.guard.labelled_probe={size: 2, every: 2, k: 2}", "trainer.max_steps=4", run_dir=run)
     check_config(cfg)
     fit(cfg)
     metrics = read_metrics(run)
-    assert sorted(metrics["guard/probe/mean@2"]) == [2, 4] and metrics["guard/probe/mean@2"][2] == 0.0
-    assert {"guard/probe/maj@2", "guard/probe/pass@2", "guard/probe/top_answer_share"} <= set(metrics)
-    fired = metrics["guard/probe/fired"]  # the rule is checked at the probe's steps (Lightning repeats it between)
+    assert sorted(metrics["guard/labelled/probe/mean@2"]) == [2, 4] and metrics["guard/labelled/probe/mean@2"][2] == 0
+    assert {"guard/labelled/probe/maj@2", "guard/labelled/probe/pass@2"} <= set(metrics)
+    fired = metrics["guard/labelled/labelled_probe/fired"]  # checked at the probe's steps (repeated between)
     assert {2, 4} <= set(fired) and not any(fired.values())
-    assert "guard/probe/mean@2" not in {k for k in metrics if k.startswith("val/")}
+    assert not any(k.startswith("guard/probe/") for k in metrics)
 
 
 def test_bad_probe_settings_fail_in_check_config(tiny_cfg):
     with pytest.raises(ValueError, match=r"callbacks.guard.probe.every=0; accepted: an integer >= 1"):
-        check_config(tiny_cfg("guard=warn", "callbacks.guard.probe={every: 0}"))
+        check_config(tiny_cfg("guard=warn", "callbacks.guard.probe.every=0"))
+    with pytest.raises(ValueError, match=r"callbacks.guard.labelled_probe.every=0; accepted: an integer >= 1"):
+        check_config(tiny_cfg("guard=labelled", "callbacks.guard.labelled_probe={every: 0}"))
+    with pytest.raises(ValueError, match=r"callbacks.guard.flips.max_flip_rate=2.0; accepted"):
+        check_config(tiny_cfg("guard=warn", "callbacks.guard.flips.max_flip_rate=2.0"))
+    with pytest.raises(ValueError, match=r"callbacks.guard.skip.probability=0.0; accepted"):
+        check_config(tiny_cfg("guard=warn", "callbacks.guard.skip={probability: 0.0}"))
+
+
+@pytest.mark.parametrize("override, key", [
+    ("+callbacks.guard.rules.divergence={_target_: srtlab.guard.rules.RewardDivergence}", "callbacks.guard.rules.divergence"),
+    ("callbacks.guard.best_by=heldout_mean", "callbacks.guard.best_by='heldout_mean'"),
+    ("callbacks.guard.labelled_probe={size: 2}", "callbacks.guard.labelled_probe"),
+    ("callbacks.guard.remedy={gold_mix: {vote: 0.5, ground_truth: 0.5}, gold_mix_steps: 2}",
+     "callbacks.guard.remedy.gold_mix"),
+])
+@pytest.mark.parametrize("option", ["warn", "stop", "rollback"])
+def test_label_free_presets_refuse_what_reads_gold(option, override, key, tiny_cfg):
+    """guard=warn|stop|rollback are label-free: a rule, rollback criterion, probe or remedy that reads gold answers
+    is a one-line config error naming its key; guard=labelled (label_free: false) takes the same."""
+    with pytest.raises(ValueError, match=r"accepted: .*label_free: true") as err:
+        check_config(tiny_cfg(f"guard={option}", override))
+    assert key in str(err.value) and len(str(err.value).splitlines()) == 1
+    check_config(tiny_cfg("guard=labelled", override.lstrip("+")))  # the labelled guard takes it
