@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
+from srtlab.data.prompts import render_messages  # the one rendering: data counts prompts with it
 from srtlab.settings import Annotated, checked, fail, integer, problem, real, strings
 from srtlab.types import Prompt, RolloutBatch
 
@@ -85,15 +86,6 @@ def resolve_prompt_ids(tokenizer, prompts: list[Prompt], prompt_ids: list[list[i
     if len(prompt_ids) != len(prompts):
         raise ValueError(f"{len(prompt_ids)} prompt_ids lists for {len(prompts)} prompts; give one per prompt")
     return [list(ids) for ids in prompt_ids]  # a multi-turn program's prefix, used as given
-
-
-def render_messages(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
-    """Chat-template each message list, generation prompt added, and tokenize it (no padding)."""
-    ids = []
-    for messages in conversations:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return ids
 
 
 def eos_ids(model, tokenizer) -> list[int]:

@@ -26,12 +26,12 @@ def _jsonl(path, rows) -> str:
 
 
 def test_prompts_are_counted_as_the_engine_renders_them(tiny_model_and_tokenizer):
-    from srtlab.rollout.engine import render_messages as engine_renders
+    from srtlab.rollout import engine
 
     _, tokenizer = tiny_model_and_tokenizer
     fmt = PromptFormat(instruction="Answer: N", shots=[Shot("1 + 1?", "Answer: 2")], system="Be brief.")
     conversations = [fmt.messages("What is 3 + 4?"), PromptFormat().messages("x")]
-    assert render_messages(tokenizer, conversations) == engine_renders(tokenizer, conversations)
+    assert engine.render_messages is render_messages  # one function: what the data counts is what the engines send
     n = len(render_messages(tokenizer, conversations[:1])[0])
     assert PromptBudget(tokenizer, n, "test").fits(conversations[0])
     assert not PromptBudget(tokenizer, n - 1, "test").fits(conversations[0])
