@@ -22,13 +22,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from srtlab import interrupt
 from srtlab.builder import Builder
 from srtlab.models.precision import trainer_precision
 from srtlab.modules.checkpoint_io import CheckpointSaveError
+from srtlab.modules.policy import NonFiniteUpdates
 from srtlab.validate import CONFIG_ERROR_EXIT, ConfigError, check_config
 
 log = logging.getLogger(__name__)
-CHECKPOINT_ERROR_EXIT = 1  # a checkpoint could not be written: the run stops with one line saying why
+CHECKPOINT_ERROR_EXIT = 1  # a checkpoint could not be written, or updates kept failing: one line says why
 
 
 # -- run folders ------------------------------------------------------------------------------------
@@ -169,26 +171,41 @@ def format_table(before: dict[str, float], after: dict[str, float]) -> str:
 
 # -- tasks ------------------------------------------------------------------------------------------
 def fit(cfg: DictConfig) -> dict[str, Any]:
-    """Train with self-reward; evaluate before and after; print and save the before/after table."""
+    """Train with self-reward; evaluate before and after; print and save the before/after table.
+
+    A SIGTERM or SIGINT stops it within one decode step or one training pass (``srtlab.interrupt``), with a
+    checkpoint that ``resume=true`` continues exactly; a failed checkpoint save or repeated non-finite updates stop
+    it too. Each ends with one line on stderr and a non-zero exit status.
+    """
     run_dir = prepare_run(cfg)
     ckpt = cfg.ckpt_path or (str(run_dir / "checkpoints" / "last.ckpt") if cfg.resume else None)
     module, datamodule, trainer = build(cfg)
     results_file = run_dir / "results.json"
     results = json.loads(results_file.read_text()) if ckpt and results_file.exists() else {}
     start = time.time()
-    if cfg.eval_before and "before" not in results:
-        trainer.validate(module, datamodule=datamodule, verbose=False)
-        results["before"] = val_metrics(trainer)
-        results_file.write_text(json.dumps(results, indent=2))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+        with interrupt.handlers():
+            if cfg.eval_before and "before" not in results:
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+                results["before"] = val_metrics(trainer)
+                results_file.write_text(json.dumps(results, indent=2))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+            if cfg.eval_after:
+                if module.last_val_step != trainer.global_step:  # the last step may have evaluated already
+                    trainer.validate(module, datamodule=datamodule, verbose=False)
+                results["after"] = val_metrics(trainer)
+    except interrupt.Interrupted as stop:
+        saved = run_dir / "checkpoints" / "last.ckpt"
+        where = (f"checkpoint {saved} holds step {trainer.global_step}; continue with resume=true" if saved.exists()
+                 else "no checkpoint yet (nothing trained): run it again")
+        print(f"interrupted: {stop} at step {trainer.global_step}; {where}", file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
     except CheckpointSaveError as err:  # disk full, folder not writable: stop, rather than train on unsaved
         print(f"checkpoint error: {err}", file=sys.stderr)
         raise SystemExit(CHECKPOINT_ERROR_EXIT) from None
-    if cfg.eval_after:
-        if module.last_val_step != trainer.global_step:  # the last step may have evaluated already
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-        results["after"] = val_metrics(trainer)
+    except NonFiniteUpdates as err:
+        print(f"training error: {err}", file=sys.stderr)
+        raise SystemExit(CHECKPOINT_ERROR_EXIT) from None
     results["steps"] = trainer.global_step
     results["wall_s_this_process"] = round(time.time() - start, 1)
     results_file.write_text(json.dumps(results, indent=2))

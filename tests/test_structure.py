@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "srtlab"
 # Within one step the stages keep the data-flow order (prompts, rollouts, rewards, advantages and losses), so a
 # stage never imports a later one; what steers or judges whole steps sits above them, the wiring on top.
 LAYERS = [
-    {"", "types", "seeds", "assets", "settings", "answers", "logs"},  # base: no srtlab imports above it
+    {"", "types", "seeds", "assets", "settings", "answers", "logs", "interrupt"},  # base: no srtlab imports above it
     {"models", "data"},
     {"rollout"},
     {"rewards"},

@@ -94,3 +94,15 @@ def save_failure(target: Path, needed: int, cause: OSError) -> str:
 
 def _size(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def save_stop_checkpoint(trainer) -> Path:
+    """Write ``<run>/checkpoints/last.ckpt`` now (a stop request, ``srtlab.interrupt``), as the run's checkpoint
+    callback would: that callback records it as its last checkpoint, so the resumed run rewrites the same file
+    (otherwise it would keep it and write ``last-v1.ckpt`` beside it)."""
+    path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "save_last", False):
+            callback.last_model_path = str(path)
+    trainer.save_checkpoint(path)
+    return path

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lightning.pytorch.trainer.states import TrainerFn
+
+from srtlab import interrupt
 from srtlab.answers.metrics import heldout_metrics, named_metrics, score_groups
 from srtlab.logs import at_step, write_samples
 from srtlab.modules import ranks
+from srtlab.modules.checkpoint_io import save_stop_checkpoint
 from srtlab.types import PromptBatch
 
 
@@ -31,7 +35,12 @@ class HeldoutLoop:
     def validation_step(self, batch: PromptBatch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.rollouts is None:
             raise RuntimeError("evaluation needs the rollout stage (PolicyModule rollouts)")
-        r = self.rollouts.val_batch(self.engine(), batch.prompts, dataloader_idx, batch.step)
+        try:
+            r = self.rollouts.val_batch(self.engine(), batch.prompts, dataloader_idx, batch.step)
+        except interrupt.Interrupted:  # stopped during an evaluation inside fit: keep the steps done (the
+            if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING:  # resumed run goes on
+                save_stop_checkpoint(self.trainer)
+            raise  # from the next step; this evaluation is not repeated)
         self._val_k = r.n
         if batch.step < 0:  # a repeat that keeps the ranks' generate calls in step (datamodule.val_share)
             return

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from srtlab import interrupt
 from srtlab.algorithms.losses import aggregate, importance_weights, kl_k3, masked_mean, policy_gradient_loss
 from srtlab.algorithms.settings import AlgorithmSettings
 from srtlab.models.forward import LogprobFn, MicroBatch, micro_batches, pad_values, right_pad
@@ -140,12 +141,15 @@ def skipped_entropy(r: RolloutBatch, skipped: list[int], groups: list[int], logp
 def loss_pass(r: RolloutBatch, adv: torch.Tensor, logprobs: LogprobFn, reference: ReferenceFn | None,
               algo: AlgorithmSettings, micro_batch_tokens: int, backward: Callable[[torch.Tensor], None],
               max_tokens: int | None = None, groups: list[int] | None = None, train_every_group: bool = False,
-              old: list[list[float]] | None = None, measure_skipped: bool = True) -> dict[str, float]:
+              old: list[list[float]] | None = None, measure_skipped: bool = True,
+              interruptible: bool = True) -> dict[str, float]:
     """Forward and ``backward(loss)`` over micro-batches of ``groups`` (default: all); -> ``train/*`` metrics.
 
     ``adv`` [B*G]; ``logprobs`` scores completions with the trained weights (with grad); ``reference``
     gives the frozen reference's log-probs [b*n, T] when the KL term is on; ``max_tokens`` is Dr. GRPO's
-    constant (default: the longest completion); ``old`` the stored old log-probs (None: first update).
+    constant (default: the longest completion); ``old`` the stored old log-probs (None: first update);
+    ``interruptible``: a SIGTERM may stop the run between passes (``srtlab.interrupt``; not once a step has moved
+    the weights, so that a rerun of the step starts from where it did).
 
     With N data-parallel ranks (``srtlab.modules.ranks``) the normaliser is global and each backward is scaled
     by N, because DDP and FSDP average gradients over ranks; every rank runs as many passes as the busiest one
@@ -160,6 +164,8 @@ def loss_pass(r: RolloutBatch, adv: torch.Tensor, logprobs: LogprobFn, reference
     world = ranks.world_size()
     sums, is_max = dict.fromkeys(SUMS, 0.0), 0.0
     for part, weight in _padded(r, active, groups, micro_batch_tokens, norm.passes):
+        if interruptible:
+            interrupt.check(collective=True)  # every rank runs as many passes: a point they reach together
         loss, found, part_max = micro_batch_loss(part, logprobs, reference, r, adv, old, algo, norm)
         backward(loss * (world * weight))  # x N: DDP / FSDP divide the summed gradients by N
         if weight:  # a zero-weight pass only keeps the ranks in step

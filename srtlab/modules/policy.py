@@ -27,6 +27,7 @@ process with B prompts would have seen.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -34,6 +35,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from srtlab import interrupt
 from srtlab.algorithms.advantages import compute_advantages
 from srtlab.algorithms.settings import AlgorithmSettings
 from srtlab.answers.gold import GoldScorer
@@ -42,6 +44,7 @@ from srtlab.models.forward import TokenLogprobs, TokenStats, pass_tokens, token_
 from srtlab.models.load import CHECKPOINT_ABOVE, ModelSettings, load_model, load_tokenizer
 from srtlab.models.parallel import checkpoint_layers, layer_checkpointing, mark_sharded, shard_model
 from srtlab.modules import ranks
+from srtlab.modules.checkpoint_io import save_stop_checkpoint
 from srtlab.modules.evaluation import HeldoutLoop
 from srtlab.modules.loss_pass import loss_pass, stored_logprobs
 from srtlab.rewards.mix import RewardMix
@@ -58,6 +61,27 @@ def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optim
 
 
 @checked
+class NonFiniteUpdates(RuntimeError):
+    """Several steps in a row had a NaN or infinite loss or gradient (each skipped): the run stops."""
+
+    def __init__(self, steps: int, at_step: int) -> None:
+        self.steps, self.at_step = steps, at_step
+        super().__init__(f"{steps} steps in a row up to step {at_step} had a non-finite loss or gradient; none "
+                         "was applied (train/skipped_nonfinite), so the last checkpoint's weights are finite; lower "
+                         "optim.lr or raise module.max_nonfinite_steps")
+
+
+def _count_without_stepping(opt) -> None:
+    """``opt.step()`` through Lightning, which counts it as the step's optimizer step, without changing weights or
+    optimizer state (the torch optimizer's own step is skipped)."""
+    inner = opt.optimizer
+    inner.step = lambda closure=None: closure() if closure is not None else None  # shadows the class's step
+    try:
+        opt.step()
+    finally:
+        del inner.step
+
+
 class PolicyModule(HeldoutLoop, L.LightningModule):
     """Wraps the policy (and, when KL is on, the frozen reference), the rollout stage and the reward mix
     (``module`` in ``configs/fit.yaml``; the other nodes it takes are their own config groups).
@@ -78,6 +102,8 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         samples_every: write ``samples/train_step<N>.jsonl`` every this many steps; 0: never.
         temperature: the sampling temperature; log-probs are taken of the same tempered distribution
             (default: ``rollouts.sampling.temperature``).
+        max_nonfinite_steps: stop the run after this many steps in a row whose update was not finite (each one
+            skipped, the weights untouched: :meth:`update`).
         logprob_chunk: tokens per chunk of the head and log-softmax (``srtlab.models.forward.chunked_head``): at
             most this many x V logits exist at once; None: 2**24 / V (256 for a 49k vocabulary).
 
@@ -92,7 +118,8 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
                  grad_clip: Annotated[float, real(0)] = 1.0, micro_batch_tokens: Annotated[int, integer(1)] = 16384,
                  samples_every: Annotated[int, integer(0)] = 0,
                  temperature: Annotated[float | None, real(0, 100, null=True)] = None,
-                 logprob_chunk: Annotated[int | None, integer(1, null=True)] = None) -> None:
+                 logprob_chunk: Annotated[int | None, integer(1, null=True)] = None,
+                 max_nonfinite_steps: Annotated[int, integer(1)] = 3) -> None:
         super().__init__()
         self.settings = model
         self.algorithm = algorithm or AlgorithmSettings()
@@ -106,6 +133,7 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
             temperature = rollouts.sampling.temperature if rollouts is not None else 1.0
         self.micro_batch_tokens, self.temperature = micro_batch_tokens, temperature or 1.0
         self.samples_every, self.logprob_chunk = samples_every, logprob_chunk
+        self.max_nonfinite_steps, self.nonfinite_in_a_row = max_nonfinite_steps, 0
         self.automatic_optimization = False
         self.strict_loading = False  # the reference model is not saved in checkpoints
         self._tokenizer = None
@@ -271,6 +299,17 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
 
     # -- training -------------------------------------------------------------------------------
     def training_step(self, batch: PromptBatch, batch_idx: int) -> dict:
+        """One step (:meth:`step`); a SIGTERM or SIGINT during it drops the step and writes the checkpoint of the
+        state before it (``srtlab.interrupt``): a run resumed from it runs this step again, exactly."""
+        try:
+            interrupt.check(collective=True)
+            return self.step(batch)
+        except interrupt.Interrupted:
+            if self._trainer is not None:
+                save_stop_checkpoint(self.trainer)
+            raise
+
+    def step(self, batch: PromptBatch) -> dict:
         if self.rollouts is None or self.reward is None:
             raise RuntimeError("training needs the rollout stage and the reward mix (PolicyModule rollouts, reward)")
         t0 = time.perf_counter()
@@ -333,6 +372,11 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         Every update after the first compares against the log-probs stored before the first, so the clip
         (and clip-higher, dual clip) act. The updates before the last step the bare torch optimizer, so
         that Lightning counts one global step per rollout batch (seeds, schedules and resume key on it).
+
+        No non-finite update lands: when an update's loss or gradient is NaN or infinite (on any rank) it and the
+        step's later updates are skipped, the weights and optimizer state stay as they were (with one update per
+        step, the default: as before the step), ``train/skipped_nonfinite`` is 1, and after
+        ``max_nonfinite_steps`` such steps in a row the run stops (:class:`NonFiniteUpdates`).
         """
         algo, opt = self.algorithm, self.optimizers()
         groups = list(range(len(r.prompts)))
@@ -342,10 +386,17 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         if len(updates) > 1:
             old = stored_logprobs(r, self.policy_logprobs, self.micro_batch_tokens)
         totals: dict[str, list[float]] = {}
+        skipped = False
         for i, part in enumerate(updates):
             opt.zero_grad()
+            # a stop request is honoured only before the step's first weight change: a rerun then starts from it
             stats = self.accumulate_gradients(r, adv, self.manual_backward, groups=part, old=old,
-                                              measure_skipped=i < len(parts))
+                                              measure_skipped=i < len(parts), interruptible=i == 0)
+            for key, value in stats.items():
+                totals.setdefault(key, []).append(value)
+            if not self._finite_update(stats["train/loss"]):
+                skipped = True
+                break
             if self.grad_clip > 0 and stats["train/active_groups"] > 0:
                 self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
             if i == len(updates) - 1:
@@ -354,21 +405,39 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
                     self.lr_schedulers().step()
             else:
                 opt.optimizer.step()
-            for key, value in stats.items():
-                totals.setdefault(key, []).append(value)
+        if skipped:
+            opt.zero_grad()
+            _count_without_stepping(opt)  # Lightning's step count moves on (seeds, data, resume key on it)
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+                raise NonFiniteUpdates(self.nonfinite_in_a_row, self.global_step)
+        else:
+            self.nonfinite_in_a_row = 0
         out = {key: (max(v) if key.endswith("_max") else sum(v) / len(v)) for key, v in totals.items()}
         out["train/updates"] = float(len(updates))
+        out["train/skipped_nonfinite"] = float(skipped)
         return out
 
+    def _finite_update(self, loss: float) -> bool:
+        """Whether the update's loss (global already) and every gradient are finite, on every rank."""
+        bad = not math.isfinite(loss)
+        for p in self.model.parameters():
+            if not bad and p.grad is not None:
+                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # a shard under FSDP
+                bad = not bool(torch.isfinite(grad).all())
+        return ranks.all_reduce([float(bad)], "max", self.device)[0] == 0.0
+
     def accumulate_gradients(self, r: RolloutBatch, adv: torch.Tensor, backward, groups: list[int] | None = None,
-                             old: list[list[float]] | None = None, measure_skipped: bool = True) -> dict[str, float]:
+                             old: list[list[float]] | None = None, measure_skipped: bool = True,
+                             interruptible: bool = True) -> dict[str, float]:
         """Forward and ``backward(loss)`` over micro-batches of whole groups (``srtlab.modules.loss_pass``)."""
         every = self.algorithm.kl_coef > 0  # the KL term has a gradient in unanimous groups too
         max_tokens = self.algorithm.max_tokens or (self.rollouts.sampling.max_new_tokens if self.rollouts else None)
         return loss_pass(r, adv, self.policy_logprobs,
                          self.reference_logprobs if self.algorithm.kl_coef > 0 else None, self.algorithm,
                          self.micro_batch_tokens, backward, max_tokens=max_tokens, groups=groups,
-                         train_every_group=every, old=old, measure_skipped=measure_skipped)
+                         train_every_group=every, old=old, measure_skipped=measure_skipped,
+                         interruptible=interruptible)
 
     def _write_train_samples(self, r: RolloutBatch, adv: torch.Tensor, step: int) -> None:
         """Every completion of the step with its answer, reward per source and advantage:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from srtlab import interrupt
 from srtlab.models.forward import CACHE
 
 COMPACT_SHARE = 8  # drop the finished rows once they are 1/8 of those present (a copy of the cache each time)
@@ -117,6 +118,7 @@ def decode(model, cache: DecodeCache, last: torch.Tensor, mask: torch.Tensor, po
     inputs = last.clone()  # [rows] this step's input token of each row
     eos_ids = torch.tensor(eos, device=device)
     for step in range(steps_max):
+        interrupt.check()  # a SIGTERM stops within one decode step (one process; with several: between passes)
         mine = bool(live.any())
         if not (_anyone_busy(mine) if synced else mine):
             break
