@@ -23,7 +23,7 @@ class Remedy:
     curriculum_back: move the curriculum one level back (``step_back()`` on the callback that has it).
     """
 
-    lr_factor: Annotated[float | None, real(0, 1, open_low=True, null=True)] = 0.5
+    lr_factor: Annotated[float | None, real(0, 1, open_low=True, null=True)] = 0.25
     kl_coef: Annotated[float | None, real(0, 10, null=True)] = None
     gold_mix: Annotated[dict[str, float] | None, mapping(null=True)] = None
     gold_mix_steps: Annotated[int, integer(0)] = 0

@@ -47,7 +47,6 @@ class MajorityCollapse:
     reads: ClassVar[tuple[str, ...]] = ("train/majority_share", "train/entropy")
     labels: ClassVar[bool] = False
 
-
     def check(self, h: History) -> Finding | None:
         shares = window(h.values("train/majority_share"), self.window)
         if shares is None:
@@ -66,26 +65,30 @@ class MajorityCollapse:
 @checked
 @dataclass
 class AnswerConcentration:
-    """``train/answer_concentration`` >= ``threshold`` on each of the last ``window`` steps.
+    """``train/answer_concentration`` >= ``threshold`` on each of the last ``window`` steps, and at least ``min_rise``
+    above its baseline (the mean of the first ``baseline_steps`` steps).
 
     Why: different prompts have different answers. When one answer takes most of a step's samples
     across prompts, the policy gives one answer for every question (e.g. "1"), which the vote rewards
-    because every group agrees with itself. Set the threshold above the share of the most common gold
-    answer of the task.
+    because every group agrees with itself. ``min_rise`` makes the rule relative to the task as the base model
+    answers it: where one answer is already most of the base model's answers (letter_counting's "1"), or a task
+    simply has a common answer, concentration alone is not a collapse (it fired on improving runs).
     """
 
     threshold: Annotated[float, real(0, 1)] = 0.5
     window: Annotated[int, integer(1)] = 3
+    min_rise: Annotated[float, real(0, 1)] = 0.25
     when = "step"
     reads: ClassVar[tuple[str, ...]] = ("train/answer_concentration",)
     labels: ClassVar[bool] = False
 
-
     def check(self, h: History) -> Finding | None:
         values = window(h.values("train/answer_concentration"), self.window)
-        if values is None:
+        base = h.baseline.get("train/answer_concentration")
+        if values is None or base is None:
             return None
-        return Finding(min(values) >= self.threshold, {"min_concentration": min(values)})
+        return Finding(min(values) >= self.threshold and min(values) - base >= self.min_rise,
+                       {"min_concentration": min(values), "baseline": base})
 
 
 @checked
@@ -103,7 +106,6 @@ class EntropyCollapse:
     when = "step"
     reads: ClassVar[tuple[str, ...]] = ("train/entropy",)
     labels: ClassVar[bool] = False
-
 
     def check(self, h: History) -> Finding | None:
         recent = window(h.values("train/entropy"), self.window)
@@ -130,7 +132,6 @@ class LengthDrift:
     reads: ClassVar[tuple[str, ...]] = ("train/response_length",)
     labels: ClassVar[bool] = False
 
-
     def check(self, h: History) -> Finding | None:
         recent = window(h.values("train/response_length"), self.window)
         base = h.baseline.get("train/response_length")
@@ -155,7 +156,6 @@ class AnswerRateDrop:
     when = "step"
     reads: ClassVar[tuple[str, ...]] = ("train/answer_rate",)
     labels: ClassVar[bool] = False
-
 
     def check(self, h: History) -> Finding | None:
         recent = window(h.values("train/answer_rate"), self.window)
@@ -189,7 +189,6 @@ class RewardDivergence:
     reads: ClassVar[tuple[str, ...]] = ("train/reward/vote", "train/reward/mixed", "val/*/mean@*")
     labels: ClassVar[bool] = True
 
-
     def check(self, h: History) -> Finding | None:
         name = self_reward_name(h)
         rewards = window(h.values(name), self.window) if name else None
@@ -205,23 +204,29 @@ class RewardDivergence:
 @checked
 @dataclass
 class TopAnswerShare:
-    """At the latest evaluation some held-out set's ``top_answer_share`` >= ``threshold``.
+    """At the latest evaluation some held-out set's ``top_answer_share`` >= ``threshold`` and at least ``min_rise``
+    above that set's first evaluation (the base model's, before training).
 
     Why: held-out prompts are independent questions; when one answer is most of all their samples the
-    policy answers every question the same way, whatever the training reward says.
+    policy answers every question the same way, whatever the training reward says. Relative to the base
+    model's own share, so a task whose answers are concentrated to begin with is not flagged for it. Reads the
+    held-out answers only, never their gold.
     """
 
     threshold: Annotated[float, real(0, 1)] = 0.5
+    min_rise: Annotated[float, real(0, 1)] = 0.25
     when = "eval"
     reads: ClassVar[tuple[str, ...]] = ("val/*/top_answer_share",)
     labels: ClassVar[bool] = False
 
-
     def check(self, h: History) -> Finding | None:
-        latest = [h.values(n)[-1] for n in h.names("val/*/top_answer_share")]
-        if not latest:
+        names = h.names("val/*/top_answer_share")
+        if not names:
             return None
-        return Finding(max(latest) >= self.threshold, {"top_answer_share": max(latest)})
+        rises = {n: h.values(n)[-1] - (h.first(n) or 0.0) for n in names}
+        latest = {n: h.values(n)[-1] for n in names}
+        fired = any(latest[n] >= self.threshold and rises[n] >= self.min_rise for n in names)
+        return Finding(fired, {"top_answer_share": max(latest.values()), "rise": max(rises.values())})
 
 
 @checked
@@ -238,7 +243,6 @@ class ProbeDrop:
     when = "step"
     reads: ClassVar[tuple[str, ...]] = ("guard/labelled/probe/mean@*",)
     labels: ClassVar[bool] = True
-
 
     def check(self, h: History) -> Finding | None:
         names = h.names("guard/labelled/probe/mean@*")
@@ -279,24 +283,30 @@ class FlipRisk:
 @dataclass
 class BaseDrift:
     """On each of the last ``window`` probes, at most ``min_agreement`` of the probe prompts keep the base model's
-    majority answer (``guard/probe/base_agreement``).
+    majority answer (``guard/probe/base_agreement``), while the probe's mean majority share is below
+    ``max_majority_share`` (null: whatever it is).
 
     Why: the vote rewards what the policy already says, so healthy self-rewarded training sharpens onto the base
-    model's own votes; a policy whose majorities have left most of them is no longer amplifying its knowledge
-    but drifting (what no per-step training signal separates from sharpening).
+    model's own votes; a policy whose majorities have left most of them is drifting. A run that moved its answers
+    because it learned them (its own self-labels improving, or a verifier's reward) holds its new answers
+    confidently; majorities that moved and stay split are noise the vote is amplifying.
     """
 
     min_agreement: Annotated[float, real(0, 1)] = 0.5
     window: Annotated[int, integer(1)] = 1
+    max_majority_share: Annotated[float | None, real(0, 1, null=True)] = None
     when = "step"
-    reads: ClassVar[tuple[str, ...]] = ("guard/probe/base_agreement",)
+    reads: ClassVar[tuple[str, ...]] = ("guard/probe/base_agreement", "guard/probe/majority_share")
     labels: ClassVar[bool] = False
 
     def check(self, h: History) -> Finding | None:
         values = window(fresh(h, "guard/probe/base_agreement") or [], self.window)
         if values is None:
             return None
-        return Finding(max(values) <= self.min_agreement, {"base_agreement": values[-1]})
+        shares = window(h.values("guard/probe/majority_share"), self.window) or [0.0]
+        split = self.max_majority_share is None or max(shares) < self.max_majority_share
+        return Finding(max(values) <= self.min_agreement and split,
+                       {"base_agreement": values[-1], "majority_share": shares[-1]})
 
 
 @checked

@@ -16,8 +16,7 @@ from srtlab.train import build, check_config, fit
 # The tiny model never answers, so its majority share is 0 every step: a threshold of 0 makes the
 # majority rule fire as soon as its window (2 steps) is full, at step 2. The other rules and the unlabelled probe
 # are removed (its own tests are below), so the rollback target is chosen at evaluations.
-OTHER_RULES = ("concentration", "entropy", "length", "answer_rate", "top_answer", "flips", "drift", "vote_drop",
-               "diversity", "kl", "rephrase")
+OTHER_RULES = ("concentration", "entropy", "length", "answer_rate", "top_answer", "flips", "drift", "vote_drop")
 FIRE_AT_2 = ["callbacks.guard.rules.majority.threshold=0.0", "callbacks.guard.rules.majority.window=2",
              "callbacks.guard.rules.majority.require_falling_entropy=false",
              *[f"~callbacks.guard.rules.{name}" for name in OTHER_RULES],
@@ -253,7 +252,7 @@ def test_reward_overrides_survive_a_resume(tiny_cfg, tmp_path):
 
 
 LABEL_FREE_RULES = {"majority", "concentration", "entropy", "length", "answer_rate", "top_answer", "flips", "drift",
-                    "vote_drop", "diversity", "kl", "rephrase"}
+                    "vote_drop"}
 
 
 @pytest.mark.parametrize("option", ["off", "warn", "stop", "rollback", "labelled"])

@@ -127,6 +127,14 @@ def test_base_drift_needs_the_whole_window_below():
     assert rule.check(probe_history({"base_agreement": [1.0, 0.375, 0.5]})).fired
 
 
+def test_base_drift_spares_majorities_that_moved_and_became_confident():
+    """Moved and split (the vote amplifying noise) fires; moved and unanimous (learned) does not."""
+    rule = BaseDrift(min_agreement=0.5, max_majority_share=0.85)
+    split = probe_history({"base_agreement": [1.0, 0.5], "majority_share": [0.66, 0.72]})
+    assert rule.check(split).fired and rule.check(split).values == {"base_agreement": 0.5, "majority_share": 0.72}
+    assert not rule.check(probe_history({"base_agreement": [1.0, 0.5], "majority_share": [0.66, 0.94]})).fired
+
+
 def test_vote_rate_drop_is_against_its_best_so_far():
     rule = VoteRateDrop(max_drop=0.15)
     rise_then_fall = probe_history({"vote_rate": [0.6, 0.8, 0.75, 0.6]})  # SRT's gain, then the policy leaves it
@@ -170,9 +178,12 @@ def test_majority_collapse_needs_the_share_high_for_the_whole_window_and_entropy
 
 
 def test_answer_concentration_fires_on_one_answer_for_every_prompt():
-    rule = AnswerConcentration(threshold=0.5, window=3)
-    assert rule.check(make_history({"train/answer_concentration": [0.2, 0.6, 0.8, 0.95]})).fired
-    assert not rule.check(make_history({"train/answer_concentration": [0.2, 0.6, 0.4, 0.95]})).fired
+    rule = AnswerConcentration(threshold=0.5, window=3, min_rise=0.25)
+    assert rule.check(make_history({"train/answer_concentration": [0.2, 0.2, 0.2, 0.6, 0.8, 0.95]})).fired
+    assert not rule.check(make_history({"train/answer_concentration": [0.2, 0.2, 0.2, 0.6, 0.4, 0.95]})).fired
+    # letter_counting: "1" is most of the base model's answers from the start; rising from 0.7 is not a collapse
+    concentrated = make_history({"train/answer_concentration": [0.7, 0.78, 0.87, 0.87, 0.93, 0.89]})
+    assert not rule.check(concentrated).fired and AnswerConcentration(min_rise=0.0).check(concentrated).fired
 
 
 def test_entropy_collapse_is_relative_to_the_start_and_falling():
@@ -214,10 +225,12 @@ def test_reward_divergence_self_reward_rises_while_heldout_does_not():
     assert rule.check(two_sets).fired
 
 
-def test_top_answer_share_reads_the_latest_evaluation():
-    rule = TopAnswerShare(threshold=0.5)
+def test_top_answer_share_reads_the_latest_evaluation_against_the_first():
+    rule = TopAnswerShare(threshold=0.5, min_rise=0.25)
     assert rule.check(make_history({}, {"val/a/top_answer_share": [0.2, 0.99]})).fired
     assert not rule.check(make_history({}, {"val/a/top_answer_share": [0.99, 0.2]})).fired
+    assert not rule.check(make_history({}, {"val/a/top_answer_share": [0.72, 0.93]})).fired  # concentrated task
+    assert TopAnswerShare(min_rise=0.0).check(make_history({}, {"val/a/top_answer_share": [0.72, 0.93]})).fired
 
 
 def test_probe_drop_reads_the_labelled_probe_against_its_best():
