@@ -32,7 +32,7 @@ from typing import Any
 
 from srtlab.guard.rules import AnswerDiversity, BaseDrift, FlipRisk, KLJump, RephraseDrop, VoteRateDrop
 from srtlab.guard.signals import History
-from srtlab.guard.votes import PromptVotes
+from srtlab.guard.votes import PromptVotes, clear_agreement
 from srtlab.report import Run, load_run
 
 SCENARIOS = ("chain_sum", "addition", "letters")  # collapse scenarios: <s>_srt; controls: demo_srt, <s>_rlvr
@@ -111,8 +111,9 @@ def replay(run: Run, rules: dict[str, Any], baseline_steps: int = 3,
     for step in steps:
         h.add(step, at(step, ("train/",)))
         h.add(step, {k: v for k, v in at(step, ("guard/probe/",)).items()})
-        if extra is not None:
-            h.add(step, extra(step))
+        for more in (clear_base_agreement(run), extra):
+            if more is not None:
+                h.add(step, more(step))
         h.freeze_baselines(baseline_steps)
         checks = [("step", step > 0)]
         val = at(step, ("val/",))
@@ -126,6 +127,18 @@ def replay(run: Run, rules: dict[str, Any], baseline_steps: int = 3,
                     if finding is not None and finding.fired:
                         first[name] = step
     return first
+
+
+def clear_base_agreement(run: Run) -> Callable[[int], dict[str, float]]:
+    """``guard/probe/base_agreement`` over the base model's clear votes, recomputed from ``guard/probe.jsonl`` for
+    runs logged before it was defined so (they logged the agreement over every probe question)."""
+    if "guard/probe/base_agreement_all" in run.metrics or not (run.path / "guard" / "probe.jsonl").exists():
+        return lambda step: {}
+    rows = [json.loads(line) for line in (run.path / "guard" / "probe.jsonl").read_text().splitlines()]
+    base = rows[0]
+    by_step = {row["step"]: {"guard/probe/base_agreement": clear_agreement(row["answers"], base["answers"],
+                                                                           base["shares"])} for row in rows}
+    return lambda step: by_step.get(step, {})
 
 
 def probe_flips(run: Run, min_visits: int, max_flip_rate: float, min_share: float,
@@ -142,12 +155,11 @@ def probe_flips(run: Run, min_visits: int, max_flip_rate: float, min_share: floa
 
 
 SWEEP: list[tuple[str, Callable[[], Any], dict[str, Any]]] = [
-    *[(f"drift min_agreement={x}", lambda x=x: BaseDrift(min_agreement=x), {}) for x in (0.25, 0.375, 0.5, 0.625)],
     *[(f"drift min_agreement={x} window=2", lambda x=x: BaseDrift(min_agreement=x, window=2), {})
-      for x in (0.5, 0.625, 0.75)],
+      for x in (0.4, 0.6, 0.8)],
     *[(f"drift min_agreement={x} max_majority_share={m}",
        lambda x=x, m=m: BaseDrift(min_agreement=x, max_majority_share=m), {})
-      for x in (0.5, 0.625, 0.75) for m in (0.8, 0.85, 0.9)],
+      for x in (0.4, 0.6, 0.8) for m in (0.8, 0.85, 0.9, None)],
     *[(f"vote_drop max_drop={x}", lambda x=x: VoteRateDrop(max_drop=x), {}) for x in (0.1, 0.15, 0.2, 0.25, 0.3)],
     *[(f"diversity min_ratio={x}", lambda x=x: AnswerDiversity(min_ratio=x), {}) for x in (0.5, 0.625, 0.75)],
     *[(f"kl max_kl={x}", lambda x=x: KLJump(max_kl=x), {}) for x in (1.0, 2.0, 4.0)],

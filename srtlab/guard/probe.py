@@ -7,7 +7,8 @@ before training, which gives the base model's own votes and samples. Each probe 
 (:mod:`srtlab.guard.votes` has the definitions):
 
 - ``majority_share``: the mean majority share of the probe prompts;
-- ``base_agreement``: the share of prompts whose majority is the base model's majority;
+- ``base_agreement``: the share of prompts whose majority is the base model's majority, over the prompts where the
+  base's vote was clear (majority share above 0.5); ``base_agreement_all`` over every probe prompt;
 - ``vote_rate``: the share of samples giving the base model's majority answer (mean@k against the base's votes);
 - ``distinct_ratio``: distinct majority answers over the prompts, relative to the base's count;
 - ``kl``: KL(base || policy) per sequence, estimated on the base model's own probe samples (their log-prob under
@@ -44,7 +45,7 @@ import torch
 
 from srtlab.answers.metrics import named_metrics
 from srtlab.eval.heldout import evaluate_prompts
-from srtlab.guard.votes import agreement, distinct, majorities, vote_rate
+from srtlab.guard.votes import agreement, clear_agreement, distinct, majorities, vote_rate
 from srtlab.seeds import seed_for
 from srtlab.settings import Annotated, Rule, boolean, checked, integer, real
 from srtlab.types import Prompt, question_of
@@ -164,14 +165,16 @@ class UnlabelledProbe:
             other = [majorities([[r2.answers[i] for i in g]], kind)[0][0] for g, kind in zip(r2.groups(), kinds)]
         kind = kinds[0]
         if self.base is None:
-            self.base = {"step": step, "answers": answers, "distinct": distinct(answers),
-                         "prompt_ids": r.prompt_ids, "completion_ids": r.completion_ids,
+            self.base = {"step": step, "answers": answers, "shares": [s for _, s in votes],
+                         "distinct": distinct(answers), "prompt_ids": r.prompt_ids, "completion_ids": r.completion_ids,
                          "logp": sequence_logprobs(pl_module, r.prompt_ids, r.completion_ids, self.k) if self.kl
                          else None}
         base = self.base
+        base_shares = base.get("shares") or [1.0] * len(answers)
         values = {"majority_share": sum(s for _, s in votes) / len(votes),
                   "answer_rate": sum(a is not None for s in samples for a in s) / sum(map(len, samples)),
-                  "base_agreement": agreement(answers, base["answers"], kind),
+                  "base_agreement": clear_agreement(answers, base["answers"], base_shares, kind),
+                  "base_agreement_all": agreement(answers, base["answers"], kind),
                   "vote_rate": vote_rate(samples, base["answers"], kind),
                   "distinct_ratio": distinct(answers) / max(base["distinct"], 1)}
         if self.kl and base["logp"] is not None:

@@ -283,8 +283,8 @@ class FlipRisk:
 @dataclass
 class BaseDrift:
     """On each of the last ``window`` probes, at most ``min_agreement`` of the probe prompts keep the base model's
-    majority answer (``guard/probe/base_agreement``), while the probe's mean majority share is below
-    ``max_majority_share`` (null: whatever it is).
+    clear majority answer (``guard/probe/base_agreement``: over the prompts where the base's majority share was
+    above 0.5), while the probe's mean majority share is below ``max_majority_share`` (null: whatever it is).
 
     Why: the vote rewards what the policy already says, so healthy self-rewarded training sharpens onto the base
     model's own votes; a policy whose majorities have left most of them is drifting. A run that moved its answers

@@ -7,10 +7,11 @@ sample had a readable answer), its share of the group, and whether it differs fr
   consecutive visits. A prompt is *at risk* when its flip rate is above ``max_flip_rate`` (0.3) after at least
   ``min_visits`` (5) visits while its recent majority share is above ``min_share`` (0.7): the policy is
   confident in an answer that keeps changing, which is what self-reward does before it locks onto a wrong one.
-- **Agreement with the base model**: the share of prompts whose majority is the base model's majority, and
-  the share of samples that give the base model's majority answer (``vote_rate``: mean@k scored against the
-  base's own votes instead of gold). Majority voting rewards what the policy already says, so a healthy
-  self-rewarded run sharpens onto the base's votes; a run that leaves them is drifting.
+- **Agreement with the base model**: the share of prompts whose majority is the base model's majority (over
+  the prompts where the base's vote was clear), and the share of samples that give the base model's majority
+  answer (``vote_rate``: mean@k scored against the base's own votes instead of gold). Majority voting rewards
+  what the policy already says, so a healthy self-rewarded run sharpens onto the base's votes; a run that
+  leaves them is drifting.
 - **Distinct answers**: how many different majority answers the prompts get, relative to the base's count
   (one answer for every question is the best-known collapse).
 - **Cross-rephrasing agreement** (Co-Reward; Self-Harmony): the share of prompts whose
@@ -113,6 +114,15 @@ def agreement(a: Sequence[str | None], b: Sequence[str | None], kind: str = "tex
     if len(a) != len(b) or not a:
         raise ValueError(f"agreement needs two equally long, non-empty lists; got {len(a)} and {len(b)}")
     return sum(same_answer(x, y, kind) for x, y in zip(a, b)) / len(a)
+
+
+def clear_agreement(a: Sequence[str | None], base: Sequence[str | None], base_shares: Sequence[float],
+                    kind: str = "text", min_share: float = 0.5) -> float:
+    """:func:`agreement` with the base model's majorities over the prompts where the base's vote was clear (its
+    majority share above ``min_share``; all prompts when none was): a base majority of 3 in 8 is a coin the
+    first update may flip, a clear one is what the base model knows."""
+    keep = [i for i, share in enumerate(base_shares) if share > min_share] or list(range(len(base)))
+    return agreement([a[i] for i in keep], [base[i] for i in keep], kind)
 
 
 def vote_rate(samples: Sequence[Sequence[str | None]], labels: Sequence[str | None], kind: str = "text") -> float:

@@ -15,7 +15,7 @@ from srtlab.train import build, check_config, fit
 from srtlab.types import Prompt
 
 PROBE = "callbacks.guard.probe={size: 2, every: 2, k: 2, kl: true, rephrase: auto}"
-SIGNALS = {"majority_share", "answer_rate", "base_agreement", "vote_rate", "distinct_ratio", "kl",
+SIGNALS = {"majority_share", "answer_rate", "base_agreement", "base_agreement_all", "vote_rate", "distinct_ratio", "kl",
            "rephrase_agreement", "flip_rate", "at_risk", "eligible"}
 
 

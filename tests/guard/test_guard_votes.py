@@ -10,6 +10,7 @@ from srtlab.guard.votes import (
     Visit,
     agreement,
     at_risk,
+    clear_agreement,
     distinct,
     flip_rate,
     majorities,
@@ -72,6 +73,14 @@ def test_agreement_vote_rate_and_distinct():
     assert distinct(["1", "1.0", "2", None]) == 2
     with pytest.raises(ValueError, match="one label per prompt"):
         vote_rate([["1"]], ["1", "2"])
+
+
+def test_agreement_with_the_base_models_clear_votes_only():
+    """A base majority of 3 in 8 is a coin the first update may flip; only the clear ones (share > 0.5) count."""
+    base, shares = ["1", "2", "3", "4", "5"], [0.75, 0.375, 1.0, 0.5, 0.875]
+    now = ["1", "9", "3", "9", "9"]  # kept 2 of the 3 clear ones; the two unclear ones moved
+    assert clear_agreement(now, base, shares) == pytest.approx(2 / 3) and agreement(now, base) == 0.4
+    assert clear_agreement(now, base, [0.25] * 5) == 0.4  # no clear vote at all: every prompt counts
 
 
 def test_math_answers_compare_by_value():
