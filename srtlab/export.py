@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from srtlab.models.load import load_policy_weights
+from srtlab.models.load import load_model, load_policy_weights
 
 
 def check_out_dir(out_dir: str | Path) -> Path:
@@ -54,8 +54,9 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, adapter_only: bool 
     if adapter_only and module.settings.lora.r == 0:
         raise ValueError(f"export --adapter-only: the run of {str(ckpt)!r} trained all weights (model.lora.r=0); "
                          "there is no adapter to export")
-    module.configure_model()
-    model = load_policy_weights(module.model, ckpt)
+    # the policy alone, as load_model builds it: no reference, no activation-checkpoint wrappers (their module
+    # names would hide the LoRA weights from peft's save_pretrained, which then writes an empty adapter)
+    model = load_policy_weights(load_model(module.settings), ckpt)
     if module.settings.lora.r > 0 and not adapter_only:
         model = model.merge_and_unload()
     tmp = out.with_name(out.name + ".part")
