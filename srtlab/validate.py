@@ -94,6 +94,18 @@ DEVICES = any_of(integer(1), Rule(lambda v: v == "auto" or v == -1, "auto"),
 SIZE = any_of(integer(1), Rule(lambda v: v == "auto", "auto"))
 
 
+def check_accelerator(cfg: DictConfig) -> list[str]:
+    """``trainer.accelerator=gpu`` (or cuda) on a machine without one is said here, not as Lightning's traceback
+    after the data and model have loaded (trainer=fsdp asks for GPUs)."""
+    import torch
+
+    accelerator = _select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        return [bad("trainer.accelerator", accelerator, "cpu or auto on this machine (torch sees no GPU; for "
+                                                        "FSDP on CPU processes: trainer=fsdp trainer.accelerator=cpu)")]
+    return []
+
+
 def trainer_rules() -> dict[str, Rule]:
     """Lightning Trainer arguments as the configs use them; any other Trainer argument is Lightning's to check."""
     return {
@@ -188,6 +200,7 @@ def check_libraries(cfg: DictConfig) -> list[str]:
     from hydra.utils import instantiate
 
     errors = _check_keys(cfg, "trainer", trainer_rules())
+    errors += check_accelerator(cfg) if not errors else []
     trainer = OmegaConf.select(cfg, "trainer")
     if isinstance(trainer, DictConfig):
         import lightning
@@ -225,6 +238,23 @@ def check_batch_split(cfg: DictConfig) -> list[str]:
         return [bad("data.batch_size", size, f"a multiple of the number of ranks, trainer.devices x trainer.num_nodes "
                                              f"= {devices * nodes} (it is the global batch)")]
     return []
+
+
+def check_micro_batch(cfg: DictConfig) -> list[str]:
+    """One prompt and its completion must fit one pass: module.micro_batch_tokens at least
+    rollout.sampling.max_new_tokens plus data.max_prompt_tokens (when set; else plus one token; a longer rendered
+    prompt then fails at its step, naming the same key)."""
+    budget, new, prompt = (_select(cfg, k) for k in ("module.micro_batch_tokens", "rollout.sampling.max_new_tokens",
+                                                      "data.max_prompt_tokens"))
+    ints = [v for v in (budget, new, prompt) if v is not None]
+    if budget is None or new is None or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints):
+        return []  # a wrong type is reported where it is set
+    need = new + (prompt if prompt is not None else 1)
+    if budget >= need:
+        return []
+    longest = (f"data.max_prompt_tokens ({prompt})" if prompt is not None else "the longest prompt, at least 1")
+    return [bad("module.micro_batch_tokens", budget, f"at least {need}: one prompt and its completion fit one pass "
+                                                     f"(rollout.sampling.max_new_tokens ({new}) + {longest})")]
 
 
 # -- the objects --------------------------------------------------------------------------------------
@@ -348,6 +378,8 @@ def check_config(cfg: DictConfig) -> None:
         if not errors:
             errors = _check_keys(cfg, "", RUN) + check_libraries(cfg) + check_batch_split(cfg)
             errors += check_objects(cfg)
+        if not errors:  # reads the lengths the objects checked (a length past the model's context is said there)
+            errors = check_micro_batch(cfg)
         if not errors:
             errors = check_paths(cfg)
     except OmegaConfBaseException as err:  # a broken interpolation, a missing mandatory value

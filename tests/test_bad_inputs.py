@@ -28,6 +28,13 @@ TABLE = [
     # run
     ("fit", ["module.micro_batch_tokens=0"], "module.micro_batch_tokens=0; accepted: an integer >= 1"),
     ("fit", ["module.micro_batch_tokens=1.5"], "module.micro_batch_tokens=1.5; accepted: an integer >= 1"),
+    *([("fit", ["trainer=fsdp"], "trainer.accelerator='gpu'; accepted: cpu or auto on this machine (torch sees no GPU")]
+      if not torch.cuda.is_available() else []),  # said before the data and model load, not as Lightning's traceback
+    ("fit", ["module.micro_batch_tokens=100", "rollout.sampling.max_new_tokens=100"],
+     "module.micro_batch_tokens=100; accepted: at least 101: one prompt and its completion fit one pass"),
+    ("fit", ["module.micro_batch_tokens=600", "rollout.sampling.max_new_tokens=200", "data.max_prompt_tokens=500"],
+     "module.micro_batch_tokens=600; accepted: at least 700: one prompt and its completion fit one pass "
+     "(rollout.sampling.max_new_tokens (200) + data.max_prompt_tokens (500))"),
     ("fit", ["seed=-1"], "seed=-1; accepted: an integer >= 0"),
     ("fit", ["seed=abc"], "seed='abc'"),
     ("fit", ["checkpoint_every=0"], "checkpoint_every=0"),

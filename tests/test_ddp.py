@@ -43,11 +43,11 @@ def test_batch_not_divisible_by_ranks_is_a_config_error(tiny_cfg):
     from srtlab.train import check_config
     from srtlab.validate import ConfigError
 
-    check_config(tiny_cfg("trainer=ddp", "trainer.devices=2", "data.batch_size=4"))
+    check_config(tiny_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=4"))
     with pytest.raises(ConfigError, match=r"data.batch_size=3; accepted: a multiple of the number of ranks.* = 2"):
-        check_config(tiny_cfg("trainer=ddp", "trainer.devices=2", "data.batch_size=3"))
+        check_config(tiny_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=3"))
     with pytest.raises(ConfigError, match=r"= 4"):
-        check_config(tiny_cfg("trainer=ddp", "trainer.devices=2", "trainer.num_nodes=2", "data.batch_size=6"))
+        check_config(tiny_cfg("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=2", "data.batch_size=6"))
 
 
 def test_each_rank_has_its_own_sampling_seed():

@@ -168,10 +168,15 @@ def test_strategy_configs_compose(trainer, tiny_cfg):
     from hydra.utils import instantiate
 
     from srtlab.train import check_config
+    from srtlab.validate import ConfigError
 
     cfg = tiny_cfg(f"trainer={trainer}")
-    check_config(cfg)
     assert cfg.trainer.max_steps == 2 and cfg.trainer.accelerator == "gpu"  # the CPU defaults, on GPUs
+    if not torch.cuda.is_available():  # said before anything loads: no GPU here
+        with pytest.raises(ConfigError, match="trainer.accelerator='gpu'; accepted: cpu or auto on this machine"):
+            check_config(cfg)
+        cfg.trainer.accelerator = "cpu"
+    check_config(cfg)
     if trainer == "fsdp":
         from lightning.pytorch.strategies import ModelParallelStrategy
 

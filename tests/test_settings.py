@@ -85,3 +85,30 @@ def test_values_that_repeat_another_key_are_checked_where_that_key_is_set():
         Stage(None, n=4)
     assert ("data.n", "Stage") in found and ("data.kind", "Stage") in found
     assert ("data.advance.temperature", "Sampling") in found
+
+
+def test_every_class_with_rules_checks_them_when_built():
+    """A class whose constructor annotates rules is ``@checked`` (its rules run when it is built), and only such a
+    class is: a decorator moved onto the wrong class by an edit above it would leave keys unchecked."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import srtlab
+    from srtlab.settings import rules_of
+
+    unchecked, pointless = [], []
+    for info in pkgutil.walk_packages(srtlab.__path__, "srtlab."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, cls in vars(module).items():
+            if not inspect.isclass(cls) or cls.__module__ != info.name:
+                continue
+            own_check = "__wrapped_init__" in cls.__dict__
+            has_rules = "__init__" in cls.__dict__ and bool(rules_of(cls))
+            if has_rules and not own_check:
+                unchecked.append(f"{info.name}.{name}")
+            if own_check and not has_rules:
+                pointless.append(f"{info.name}.{name}")
+    assert unchecked == [] and pointless == []

@@ -60,7 +60,6 @@ def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optim
     return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, betas=(0.9, 0.99))
 
 
-@checked
 class NonFiniteUpdates(RuntimeError):
     """Several steps in a row had a NaN or infinite loss or gradient (each skipped): the run stops."""
 
@@ -82,6 +81,7 @@ def _count_without_stepping(opt) -> None:
         del inner.step
 
 
+@checked
 class PolicyModule(HeldoutLoop, L.LightningModule):
     """Wraps the policy (and, when KL is on, the frozen reference), the rollout stage and the reward mix
     (``module`` in ``configs/fit.yaml``; the other nodes it takes are their own config groups).
