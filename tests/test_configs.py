@@ -54,7 +54,7 @@ def test_experiment_composes_and_instantiates(experiment, tiny_cfg, tmp_path):
         labels.write_text('{"id": "letter_counting/train/0", "label": "1"}\n')
         extra = [f"reward.sources.teacher.labels={labels}"]
     # the tiny global batch (2) does not split over an experiment's 8 GPUs (check_batch_split): one device here
-    cfg = tiny_cfg(f"experiment={experiment}", *extra, "trainer.devices=1")
+    cfg = tiny_cfg(f"experiment={experiment}", *extra, "trainer.devices=1", "trainer.accelerator=cpu")
     checked_once(cfg)
     assert cfg.name == experiment
     module, datamodule = build_module(cfg), Builder(cfg)("data")  # what fit builds; nothing heavy loads
@@ -116,7 +116,9 @@ def test_every_group_option_composes(group, option, tiny_cfg, tmp_path):
         rows = tmp_path / "rows.jsonl"
         rows.write_text("".join(f'{{"question": "{i} + 1?", "answer": "{i + 1}"}}\n' for i in range(80)))
         extra = [f"data.source.path={rows}"]
-    cfg = tiny_cfg(f"{ADDED_AS.get(group, group)}={option}", *extra)
+    if group == "hardware":  # the tiny global batch (2) does not split over its 8 GPUs: one device here
+        extra.append("trainer.devices=1")
+    cfg = tiny_cfg(f"{ADDED_AS.get(group, group)}={option}", *extra, "trainer.accelerator=cpu")  # fsdp asks for GPUs
     checked_once(cfg)
 
 
