@@ -5,7 +5,7 @@ lengths (``min_new_tokens = max_new_tokens``: no eos before the budget) and meas
 
 - generation: tokens/s of one ``generate`` call of the engine (default config: the bf16 sampling copy) at
   each number of sequences (prompts x 8 samples) and new tokens, against the roofline of that work
-  (``srtlab.perf.generate_work``: FLOPs at the bf16 matmul peak, weight and KV-cache bytes at the memory
+  (``srtlab.perf.generate_work``: FLOPs at the sampling dtype's matmul peak, weight and KV-cache bytes at the memory
   bandwidth);
 - training: one forward + backward pass (``PolicyModule.accumulate_gradients``, bf16 autocast) of one prompt's
   8 completions of each length, with the share of the log-softmax (forward and backward) in it.
@@ -73,7 +73,7 @@ def main() -> None:
     peak = args.peak_sampling or measure_matmul_flops(sampling_dtype)  # the dtypes that run, not bf16 by default:
     train_peak = args.peak_train or measure_matmul_flops(train_dtype)  # an AVX2 CPU runs bf16 ~150x slower
     bandwidth = args.bandwidth or measure_bandwidth()
-    shape = ModelShape.of(module.model)
+    shape = ModelShape.of(module.model, bytes_per_param=sampling_dtype.itemsize)
     print(f"machine: {sampling_dtype} matmul {peak / 1e12:.2f} TFLOP/s (sampling), {train_dtype} "
           f"{train_peak / 1e12:.2f} TFLOP/s (training), memory {bandwidth / 1e9:.1f} GB/s; "
           f"threads={torch.get_num_threads()}, engine dtype={cfg.rollout.engine.dtype}, precision={precision}")
@@ -91,7 +91,8 @@ def main() -> None:
                 times.append(time.perf_counter() - t)
             took = statistics.median(times[1:])
             tokens = sum(len(c) for c in r.completion_ids)
-            floor = generate_work(shape, [len(p) for p in r.prompt_ids], n, new).roofline_s(peak, bandwidth)
+            lengths = [[len(c) for c in r.completion_ids[i * n:(i + 1) * n]] for i in range(len(prompts))]
+            floor = generate_work(shape, [len(p) for p in r.prompt_ids], lengths).roofline_s(peak, bandwidth)
             print(f"  {rows:4d} sequences x {new:4d} new tokens: {took:7.2f} s  {tokens / took:7.0f} tokens/s  "
                   f"roofline {floor:6.2f} s ({tokens / floor:7.0f} tokens/s)  ratio {took / floor:4.1f}x")
 

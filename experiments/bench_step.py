@@ -87,7 +87,8 @@ def main() -> None:
     times: dict[str, list[float]] = {"generate": [], "reward": [], "train": [], "sync": [], "step": []}
     tokens_per_s, active, probe_diffs = [], [], []
     works: dict[str, list] = {"generate": [], "train": []}
-    shape = ModelShape.of(module.model)
+    sampling_dtype = next(engine.model.parameters()).dtype if args.engine == "hf" else torch.bfloat16
+    shape = ModelShape.of(module.model, bytes_per_param=sampling_dtype.itemsize)
     bf16_train = precision.startswith("bf16")
     for step in range(args.steps + 1):
         batch = next(stream)
@@ -114,8 +115,7 @@ def main() -> None:
         for key, value in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
             times[key].append(value)
         lens = [[len(r.completion_ids[i]) for i in g] for g in r.groups()]
-        works["generate"].append(generate_work(shape, [len(p) for p in r.prompt_ids], r.n,
-                                               max(max(g) for g in lens)))
+        works["generate"].append(generate_work(shape, [len(p) for p in r.prompt_ids], lens))
         works["train"].append(train_work(shape, [len(p) for p in r.prompt_ids], lens))
         tokens_per_s.append(sum(len(c) for c in r.completion_ids) / (t1 - t0))
         active.append(stats["train/active_groups"])
@@ -142,7 +142,8 @@ def main() -> None:
     print(f"machine: bf16 matmul {limits['bf16'] / 1e12:.2f} TFLOP/s, fp32 {limits['fp32'] / 1e12:.2f} TFLOP/s, "
           f"memory {limits['bandwidth'] / 1e9:.1f} GB/s")
     rooflines = {}
-    for stage, peak in (("generate", limits["bf16"]), ("train", limits["bf16" if bf16_train else "fp32"])):
+    sampling_peak = limits["bf16" if sampling_dtype == torch.bfloat16 else "fp32"]  # the dtype that samples
+    for stage, peak in (("generate", sampling_peak), ("train", limits["bf16" if bf16_train else "fp32"])):
         measured = statistics.median(times[stage])
         work = works[stage][len(works[stage]) // 2]  # a typical step's shapes
         floor = statistics.median(w.roofline_s(peak, limits["bandwidth"]) for w in works[stage])

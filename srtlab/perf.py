@@ -71,20 +71,23 @@ def train_work(shape: ModelShape, prompt_lens: list[int], completion_lens: list[
     return Work(flops, bytes=params * 4 * 6)  # weights, grads, 2 moments: read + written
 
 
-def generate_work(shape: ModelShape, prompt_lens: list[int], n: int, steps: int) -> Work:
-    """One shared prefill per prompt, then ``steps`` decode steps of ``len(prompt_lens) * n`` rows.
+def generate_work(shape: ModelShape, prompt_lens: list[int], completion_lens: list[list[int]]) -> Work:
+    """One shared prefill per prompt, then each row's own decode steps (``completion_lens[b]``: the lengths of
+    prompt b's completions): a finished row leaves the batch (``srtlab.rollout.decode``), so the work is the sum
+    of the lengths, not rows x the longest.
 
-    Bytes: the weights once for the prefill and once per decode step, and the KV cache read at every
-    decode step (the KV cache of every row up to its position).
+    Bytes: the weights once for the prefill and once per decode step (as many steps as the longest row), and
+    at every step each present row's KV cache up to its position.
     """
-    rows = len(prompt_lens) * n
     flops = sum(2.0 * shape.layer_params * p + _attention_flops(shape, p, p / 2) for p in prompt_lens)
     kv_bytes = 0.0
-    mean_prompt = sum(prompt_lens) / max(len(prompt_lens), 1)
-    for t in range(steps):
-        context = mean_prompt + t
-        flops += rows * (2.0 * (shape.layer_params + shape.head_params) + _attention_flops(shape, 1, context))
-        kv_bytes += rows * context * shape.layers * 2 * shape.kv_dim * shape.bytes_per_param
+    per_position = shape.layers * 2 * shape.kv_dim * shape.bytes_per_param
+    for p, group in zip(prompt_lens, completion_lens):
+        for c in group:  # positions p .. p + c - 1: sum of contexts = c * p + c * (c - 1) / 2
+            contexts = c * p + c * (c - 1) / 2
+            flops += c * 2.0 * (shape.layer_params + shape.head_params) + _attention_flops(shape, 1, contexts)
+            kv_bytes += contexts * per_position
+    steps = max((c for group in completion_lens for c in group), default=0)
     return Work(flops, bytes=shape.weight_bytes * (steps + 1) + kv_bytes)
 
 

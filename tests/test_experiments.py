@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import PARITY_REWARD, TINY_OVERRIDES, compose_config
 from srtlab.train import check_config, fit
@@ -19,7 +20,8 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SHELL_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.sh"))
 PYTHON_SCRIPTS = sorted(p.name for p in EXPERIMENTS.glob("*.py"))
 TESTED_PYTHON = {"bench_step.py", "bench_generate.py", "bench_vote.py", "summarize.py", "summarize_retry.py", "curriculum_summary.py",
-                 "gpu_check.py", "collapse_summary.py", "seed_table.py"}
+                 "gpu_check.py", "collapse_summary.py", "seed_table.py", "bench_memory.py",
+                 "sampler_gap.py"}
 
 
 def _run_script(name: str, args: list[str], monkeypatch, capsys) -> str:
@@ -146,7 +148,7 @@ def _dry_run(script: str, out: Path, *overrides: str) -> list[list[str]]:
 
 
 STUDIES = {"compare_rewards.sh": 7, "curriculum_climb.sh": 6, "reflect_retry.sh": 2, "srt_vs_rlvr.sh": 12,
-           "slurm_fit.sh": 1, "collapse_study.sh": 3}
+           "slurm_fit.sh": 1, "collapse_study.sh": 28}
 
 
 def test_every_shell_script_has_a_smoke_test():
@@ -162,7 +164,42 @@ def test_study_script_commands_compose(script, tiny_model_dir, tmp_path):
     (out / "labels.jsonl").write_text('{"id": "products/train/0", "label": "1"}\n')  # what `label` would write
     for command, *overrides in commands:
         assert command in ("fit", "label")
+        if script == "slurm_fit.sh" and not torch.cuda.is_available():  # its GPUs, as CPU processes here
+            overrides.append("trainer.accelerator=cpu")
         cfg = compose_config(command, overrides)
         if command == "fit":
             check_config(cfg)
         assert str(cfg.model.path) == str(tiny_model_dir)
+
+
+def test_bench_memory_measures_each_stage_in_its_own_process(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    out = _run_script("bench_memory.py", ["--lengths", "3,6", "--qwen", "0", "--peak-bf16", "1e11", "--peak-fp32",
+                                          "1e11", "--bandwidth", "2e10", "--json", str(tmp_path / "m.json"),
+                                          "--plot", str(tmp_path / "m.png"), f"model.path={tiny_model_dir}",
+                                          *TINY_OVERRIDES], monkeypatch, capsys)
+    assert "T=3" in out and "T=6" in out and "FAILED" not in out and "roofline" in out and "KB/token" in out
+    rows = json.loads((tmp_path / "m.json").read_text())["rows"]
+    assert [r["completion_tokens"] for r in rows] == [2 * 4 * 3, 2 * 4 * 6]  # forced lengths, 2 prompts x 4 samples
+    for row in rows:
+        assert set(row["stages"]) == {"load", "generate", "reward", "train", "sync"}
+        assert row["peak_gib"] >= max(s["start_gib"] for s in row["stages"].values()) > 0
+    assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_bench_memory_qwen_shape_is_qwen2_5_0_5b(tmp_path):
+    sys.path.insert(0, str(EXPERIMENTS))
+    from bench_memory import qwen_overrides
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    overrides = qwen_overrides(tmp_path)
+    assert overrides == [f"model.path={tmp_path}", "model.init=random"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tmp_path))
+    assert model.config.vocab_size == 151936 and 490e6 < sum(p.numel() for p in model.parameters()) < 500e6
+
+
+def test_sampler_gap_measures_a_bf16_sampler_against_the_trainer(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    out = _run_script("sampler_gap.py", ["--lengths", "5", "--prompts", "2", "--n", "2", f"model.path={tiny_model_dir}",
+                                         f"run_dir={tmp_path}", *TINY_OVERRIDES], monkeypatch, capsys)
+    assert "sampler torch.bfloat16 (its own copy), trainer fp32" in out and "T=    5 (" in out
+    assert "per token |d| mean" in out and "per sequence |sum d|" in out
