@@ -39,6 +39,7 @@ SCENARIOS = ("chain_sum", "addition", "letters")  # collapse scenarios: <s>_srt;
 CONTROLS = ("demo_srt", "chain_sum_rlvr", "addition_rlvr", "letters_rlvr")
 TARGET_AFTER_PEAK = 3  # an event no later than this many steps after the held-out peak
 TARGET_POINTS = 0.05  # rollback ends within this of the peak
+DRIFT_AT = 0.6  # the shipped drift rule's min_agreement (drawn in the figure)
 
 
 def heldout_curve(run: Run) -> dict[int, float]:
@@ -98,11 +99,12 @@ def shipped_rules() -> dict[str, Any]:
 
 
 def replay(run: Run, rules: dict[str, Any], baseline_steps: int = 3,
-           extra: Callable[[int], dict[str, float]] | None = None) -> dict[str, int | None]:
+           extra: Callable[[int], dict[str, float]] | None = None, until: int | None = None) -> dict[str, int | None]:
     """The first step each rule fires on this run's logged signals, checked as the guard checks them: step rules
     after each training step (its ``train/*`` and ``guard/*`` values), eval rules after each evaluation.
-    ``extra(step)``: more values for that step (flip statistics recomputed with other settings)."""
-    steps = sorted({s for series in run.metrics.values() for s in series})
+    ``extra(step)``: more values for that step (flip statistics recomputed with other settings). ``until``: stop
+    after this step (a rollback run is the unguarded run only up to its first event)."""
+    steps = sorted({s for series in run.metrics.values() for s in series if until is None or s <= until})
     h, first = History(), {name: None for name in rules}
 
     def at(step: int, prefixes: tuple[str, ...]) -> dict[str, float]:
@@ -139,6 +141,14 @@ def clear_base_agreement(run: Run) -> Callable[[int], dict[str, float]]:
     by_step = {row["step"]: {"guard/probe/base_agreement": clear_agreement(row["answers"], base["answers"],
                                                                            base["shares"])} for row in rows}
     return lambda step: by_step.get(step, {})
+
+
+def base_agreement(run: Run) -> dict[int, float]:
+    """{step: the probe's agreement with the base model's clear votes} (recomputed for runs logged before it)."""
+    if "guard/probe/base_agreement_all" in run.metrics or not (run.path / "guard" / "probe.jsonl").exists():
+        return dict(run.metrics.get("guard/probe/base_agreement", {}))
+    at = clear_base_agreement(run)
+    return {s: at(s)["guard/probe/base_agreement"] for s in sorted(run.metrics.get("guard/probe/base_agreement", {}))}
 
 
 def probe_flips(run: Run, min_visits: int, max_flip_rate: float, min_share: float,
@@ -204,6 +214,23 @@ def guard_cost(run: Run) -> tuple[float, float]:
     return guard, steps
 
 
+def sweep(runs: list[tuple[str, Run]]) -> list[tuple[str, list[int | str | None]]]:
+    """Each SWEEP rule's first firing step on each run (up to a rollback run's first event; n/a: not logged)."""
+    out = []
+    for label, make, flips in SWEEP:
+        fired: list[int | str | None] = []
+        for _, run in runs:
+            rule = make()
+            if not any(fnmatch(k, pattern) for pattern in rule.reads for k in run.metrics):
+                fired.append("n/a")  # this run did not log the signal (KL, rephrasing: chain_sum seed 0 only)
+                continue
+            until = run.events[0]["step"] if run.events and run.events[0].get("action") == "rollback" else None
+            fired.append(replay(run, {"x": rule}, extra=probe_flips(run, **flips) if flips else None,
+                                until=until)["x"])
+        out.append((label, fired))
+    return out
+
+
 def tune_tables(arms: dict[str, list[Run]]) -> None:
     rules = shipped_rules()
     collapse = [(a, r) for a in (f"{s}_srt" for s in SCENARIOS) for r in arms.get(a, [])]
@@ -233,16 +260,32 @@ def tune_tables(arms: dict[str, list[Run]]) -> None:
     replays = [replay(r, rules) for _, r in collapse + controls]
     for name in rules:
         row(f"{name} (shipped)", [rep[name] for rep in replays])
-    for label, make, flips in SWEEP:
-        fired = []
-        for _, run in collapse + controls:
-            rule = make()
-            if not any(fnmatch(k, pattern) for pattern in rule.reads for k in run.metrics):
-                fired.append("n/a")  # this run did not log the signal (KL, rephrasing: chain_sum seed 0 only)
-                continue
-            fired.append(replay(run, {"x": rule}, extra=probe_flips(run, **flips) if flips else None)["x"])
+    for label, fired in sweep(collapse + controls):
         row(label, fired)
     print("\n(bold: a false alarm on a healthy control; -: never fired)")
+    print("\n## Tune: the rollback target each label-free criterion would pick at the shipped rules' first event\n")
+    print("| run | first event (step) | peak (step) | vote_rate picks: step, held-out | top_answer_share picks: step, "
+          "held-out |")
+    print("|---" * 5 + "|")
+    for (arm, run), rep in zip(collapse, replays):
+        fired = [step for step in rep.values() if step is not None]
+        if not fired:
+            print(f"| {arm} s{seed_of(run)} | none | | | |")
+            continue
+        event, curve = min(fired), heldout_curve(run)
+        picks = []
+        for metric, sign in (("guard/probe/vote_rate", 1), ("val/", -1)):
+            if metric == "val/":
+                shares = {st: max(v[st] for k, v in run.metrics.items() if k.endswith("/top_answer_share") and st in v)
+                          for st in curve}
+            else:
+                shares = run.metrics.get(metric, {})
+            scored = {st: sign * v for st, v in shares.items() if st <= event}
+            best = max(scored, key=lambda st: (scored[st], st))  # ties: the later, as the guard keeps it
+            near = min(curve, key=lambda st: (abs(st - best), st))
+            picks.append(f"{best}, {curve[near]:.3f}")
+        p_step, p_value = peak(curve, event)
+        print(f"| {arm} s{seed_of(run)} | {event} | {p_value:.3f} ({p_step}) | {picks[0]} | {picks[1]} |")
 
 
 def final_tables(arms: dict[str, list[Run]]) -> dict[str, Any]:
@@ -290,6 +333,21 @@ def final_tables(arms: dict[str, list[Run]]) -> dict[str, Any]:
         print(f"| {scenario} | {len(rows)} | {sum(r['fired'] for r in rows)}/{len(rows)} | {on_time}/{len(rows)} | "
               f"{mean_se([float(x) for x in lags])} | {mean_se([r['final_minus_peak'] for r in rows])} | "
               f"{kept}/{len(rows)} |")
+    runs = [(f"{sc}_srt", r) for sc in SCENARIOS for r in arms.get(f"{sc}_srt", [])] + \
+        [(a, r) for a in CONTROLS for r in arms.get(a, [])]
+    print("\n## Final, after the fact: the sweep's rules on the final runs (not used to choose anything)\n")
+    print("| rule | " + " | ".join(f"{a} s{seed_of(r)}" for a, r in runs) + " |")
+    print("|---" * (len(runs) + 1) + "|")
+    for label, fired in sweep(runs):
+        cells = []
+        for (arm, run), step in zip(runs, fired):
+            if step is None or isinstance(step, str):
+                cells.append(step or "-")
+            elif arm in CONTROLS:
+                cells.append(f"**{step}**")
+            else:
+                cells.append(f"{step} ({step - peak(heldout_curve(run), step)[0]:+d})")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     print("\n| control | seeds | runs with an event (false alarms) | guard cost (time/guard / step time) |")
     print("|---" * 4 + "|")
     for arm, counts in judged["controls"].items():
@@ -300,7 +358,8 @@ def final_tables(arms: dict[str, list[Run]]) -> dict[str, Any]:
 
 def figure(out: Path, tune: dict[str, list[Run]], final: dict[str, list[Run]], path: Path) -> Path:
     """Held-out mean@8 against the step for each collapse scenario (top: the unguarded tune run and the final
-    rollback runs, events marked) and the probe's vote rate of every run (bottom: collapse runs against controls)."""
+    rollback runs, events marked) and the probe's agreement with the base model's clear votes (bottom: the
+    collapse runs, up to their first event, against the controls; dotted: the drift rule's threshold)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -328,15 +387,20 @@ def figure(out: Path, tune: dict[str, list[Run]], final: dict[str, list[Run]], p
         for arm, color in ((f"{scenario}_srt", "tab:red"), (f"{scenario}_rlvr", "tab:green"), ("demo_srt", "tab:blue")):
             for phase, runs in (("tune", tune), ("final", final)):
                 for run in runs.get(arm, []):
-                    series = run.metrics.get("guard/probe/vote_rate", {})
-                    if series and not (phase == "final" and arm == f"{scenario}_srt" and run.events):
-                        ax.plot(list(series), list(series.values()), color=color, lw=1, alpha=0.8,
-                                ls="-" if phase == "tune" else "--")
+                    series = base_agreement(run)
+                    if run.events and arm == f"{scenario}_srt" and phase == "final":  # up to its first event
+                        series = {s: v for s, v in series.items() if s <= run.events[0]["step"]}
+                    ax.plot(list(series), list(series.values()), color=color, lw=1, alpha=0.8,
+                            ls="-" if phase == "tune" else "--", marker="o", ms=2)
+        ax.axhline(DRIFT_AT, color="grey", ls=":", lw=1)
         ax.plot([], [], color="tab:red", label=f"{scenario} SRT (collapse)")
         ax.plot([], [], color="tab:green", label=f"{scenario} RLVR (control)")
         ax.plot([], [], color="tab:blue", label="demo SRT (control)")
-        ax.set_title("probe: share of samples giving the base model's majority", fontsize=9)
+        ax.plot([], [], color="grey", ls="-", label="tune (seed 0)")
+        ax.plot([], [], color="grey", ls="--", label="final (seeds 1-3)")
+        ax.set_title("probe: questions keeping the base model's clear majority", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
+        ax.set_ylim(-0.05, 1.05)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     fig.tight_layout()
