@@ -12,6 +12,10 @@ computes them; N = parameters without the embeddings).
     python experiments/gpu_check.py                       # one CUDA GPU: both models, then pytest -m gpu
     python experiments/gpu_check.py --device cpu --small  # a smoke test on the CPU (tiny shapes, CI)
 
+Then the long rows (``--long``, default 1,024 and 4,096): one step of the Qwen2.5-1.5B-shaped model at 8 prompts x 8
+samples with every completion forced to T new tokens, and, on the longest step's rollout, training passes at
+doubling ``module.micro_batch_tokens`` budgets until one runs out of memory: the largest micro-batch that fits.
+
 Needs torch, transformers, Lightning, peft, and hydra-core, omegaconf, antlr4, reasoning-gym,
 math-verify (wheels: docs/scale.md). Budget: under 8 minutes on one H200.
 """
@@ -54,7 +58,7 @@ def qwen_folder(tokenizer, sizes: dict, folder: Path) -> Path:
     return folder
 
 
-def build_policy(args, model_path: str, init: str = "pretrained") -> PolicyModule:
+def build_policy(args, model_path: str, init: str = "pretrained", extra: tuple[str, ...] = ()) -> PolicyModule:
     """The policy module as ``fit`` builds it (``srtlab.train.build_module``) from the default SRT config, with
     this check's shapes; its model loaded on ``args.device``."""
     from hydra import compose, initialize_config_dir
@@ -66,7 +70,7 @@ def build_policy(args, model_path: str, init: str = "pretrained") -> PolicyModul
     overrides = ["experiment=srt", f"model.path={model_path}", f"model.init={init}", "module.micro_batch_tokens=16384",
                  f"rollout.n={args.n}", f"rollout.sampling.max_new_tokens={args.max_new_tokens}",
                  f"rollout.engine.prompts_per_call={args.batch}", "rollout.engine.dtype=bfloat16", "optim.lr=1e-6",
-                 "run_dir=/tmp/srtlab-gpu-check"]
+                 "run_dir=/tmp/srtlab-gpu-check", *extra]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("fit", overrides=overrides)
     policy = build_module(cfg)
@@ -79,8 +83,8 @@ def non_embedding_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
 
 
-def run_model(name: str, policy: PolicyModule, args, device: str) -> None:
-    """``args.steps`` SRT steps (after one warm-up) and the figures."""
+def run_model(name: str, policy: PolicyModule, args, device: str, warmup: bool = True):
+    """``args.steps`` SRT steps (after one warm-up, unless not ``warmup``) and the figures; -> the last rollout."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -88,12 +92,13 @@ def run_model(name: str, policy: PolicyModule, args, device: str) -> None:
     engine = policy.rollouts.make_engine(model=model, tokenizer=policy.tokenizer)
     sampling, reward = policy.rollouts.sampling, policy.reward
     prompts = ReasoningGymSource("letter_counting", size=args.batch * (args.steps + 1), seed=0).prompts
+    first = 0 if warmup else 1
     opt = policy.make_optimizer([p for p in model.parameters() if p.requires_grad])  # the configured optimizer
     autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
     n_params = non_embedding_params(model)
     times: dict[str, list[float]] = {"generate": [], "reward": [], "train": [], "sync": [], "step": []}
     gen_tps, train_tps, gen_mfu, train_mfu = [], [], [], []
-    for step in range(args.steps + 1):
+    for step in range(first, args.steps + 1):
         batch = prompts[step * args.batch:(step + 1) * args.batch]
         sync(); t0 = time.perf_counter()  # noqa: E702
         r = engine.generate(batch, args.n, sampling, seed=step)
@@ -130,6 +135,60 @@ def run_model(name: str, policy: PolicyModule, args, device: str) -> None:
     print(f"  training tokens/s {statistics.median(train_tps):.0f}   MFU {100 * statistics.median(train_mfu):.2f}%"
           f"  (peak {args.peak_tflops:g} TFLOP/s)")
     print(f"  peak memory {peak:.2f} GiB ({'allocated on the GPU' if device.startswith('cuda') else 'max RSS'})")
+    return r
+
+
+def run_long(args, folder: Path, lengths: list[int]) -> None:
+    """The long rows: one step each (no warm-up) of 8 prompts x 8 samples, every completion forced to T new tokens,
+    on the Qwen-shaped model; then, on the longest step's rollout, training passes at growing
+    ``module.micro_batch_tokens`` budgets until one runs out of memory: the largest micro-batch that fits."""
+    cuda = args.device.startswith("cuda")
+    rollout, policy = None, None
+    for length in lengths:
+        long = argparse.Namespace(**{**vars(args), "batch": 8, "n": 8, "max_new_tokens": length, "steps": 1})
+        policy = build_policy(long, str(folder), init="random", extra=(f"rollout.sampling.min_new_tokens={length}",))
+        try:
+            rollout = run_model(f"long: {'Qwen2.5-1.5B' if not args.small else 'small'} shape, 8 x 8 x {length} "
+                                f"new tokens", policy, long, args.device, warmup=False)
+        except torch.cuda.OutOfMemoryError as err:
+            print(f"long: 8 x 8 x {length}: out of GPU memory ({str(err).splitlines()[0][:160]})")
+            rollout = None
+        if length != lengths[-1]:
+            policy.model = None
+            if cuda:
+                torch.cuda.empty_cache()
+    if rollout is None:
+        return
+    model, fits = policy.model, None
+    autocast = (torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) if args.bf16
+                else contextlib.nullcontext())
+    adv = compute_advantages("rloo", (torch.arange(len(rollout), dtype=torch.float) % 2).to(args.device), rollout.n)
+    total = sum(len(c) for c in rollout.completion_ids) + sum(len(p) for p in rollout.prompt_ids)
+    budget = max(len(rollout.prompt_ids[0]) + max(len(c) for c in rollout.completion_ids), 1024)
+    while True:
+        policy.micro_batch_tokens = budget
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            model.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            with autocast:
+                policy.accumulate_gradients(rollout, adv, lambda loss: loss.backward())
+            if cuda:
+                torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+            took = time.perf_counter() - t
+            print(f"  micro_batch_tokens {budget:7d}: a training pass over the step {took:6.2f} s, peak {peak:.2f} GiB")
+            fits = budget
+        except torch.cuda.OutOfMemoryError:
+            print(f"  micro_batch_tokens {budget:7d}: out of GPU memory")
+            break
+        if budget >= total:
+            break  # the whole step in one pass
+        budget *= 2
+    model.zero_grad(set_to_none=True)
+    print(f"largest micro-batch that fits: {fits} tokens" + (" (the whole step)" if fits and fits >= total else ""))
 
 
 def main() -> None:
@@ -145,6 +204,8 @@ def main() -> None:
     parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in fp32 (no autocast)")
     parser.add_argument("--real-rewards", action="store_true", help="train on the vote's rewards (unanimous groups "
                         "are skipped); by default rewards alternate 0/1 so every group trains")
+    parser.add_argument("--long", default=None, help="T of the long rows, comma-separated (default: 1024,4096 on a "
+                        "GPU, 8,16 with --small); 0: none")
     parser.add_argument("--skip-tests", action="store_true", help="do not run `pytest -m gpu` afterwards")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -161,6 +222,12 @@ def main() -> None:
     qwen = build_policy(args, str(folder), init="random")
     run_model("Qwen2.5-1.5B shape, random weights" if not args.small else "Qwen2 small shape, random weights",
               qwen, args, args.device)
+    qwen.model = None
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    lengths = [int(x) for x in (args.long or ("8,16" if args.small else "1024,4096")).split(",") if int(x) > 0]
+    if lengths:
+        run_long(args, folder, lengths)
     if not args.skip_tests:
         tests = Path(__file__).resolve().parents[1] / "tests"
         code = subprocess.call([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",

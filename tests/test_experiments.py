@@ -55,10 +55,13 @@ def test_bench_generate_runs_fixed_lengths_on_the_tiny_model(tiny_model_dir, tmp
 
 def test_gpu_check_runs_small_on_the_cpu(tiny_model_dir, monkeypatch, capsys):
     out = _run_script("gpu_check.py", ["--device", "cpu", "--small", "--model-path", str(tiny_model_dir), "--steps",
-                                       "1", "--batch", "2", "--n", "2", "--max-new-tokens", "4", "--skip-tests"],
+                                       "1", "--batch", "2", "--n", "2", "--max-new-tokens", "4", "--long", "3,6",
+                                       "--skip-tests"],
                       monkeypatch, capsys)
-    assert "Qwen2 small shape, random weights" in out and out.count("training tokens/s") == 2 and "MFU" in out
-    assert "peak memory" in out
+    assert "Qwen2 small shape, random weights" in out and "MFU" in out and "peak memory" in out
+    assert out.count("training tokens/s") == 4  # two models, then the long rows (T = 3 and 6 here)
+    assert "8 x 8 x 3 new tokens" in out and "8 x 8 x 6 new tokens" in out
+    assert "largest micro-batch that fits: " in out and out.count("a training pass over the step") >= 2
 
 
 def test_bench_vote_runs_small(monkeypatch, capsys):

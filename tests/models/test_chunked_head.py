@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from srtlab.models import forward
 from srtlab.models.forward import chunked_head, default_chunk, token_stats
 from srtlab.models.load import LoraSettings, ModelSettings, load_model
 
@@ -49,9 +50,11 @@ def _grads(model, loss):
     return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("keep", [True, False])  # the softmax kept for backward (short passes), or made again
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("chunk", [1, 3, 7, None])
-def test_chunked_equals_the_plain_path(tiny_model_dir, chunk, lora):
+def test_chunked_equals_the_plain_path(tiny_model_dir, chunk, lora, keep, monkeypatch):
+    monkeypatch.setattr(forward, "KEEP_LOGITS", 2**40 if keep else 0)
     model = _model(tiny_model_dir, lora)
     weights = torch.linspace(-1, 1, sum(map(len, COMPLETIONS)))  # a loss that weighs every token differently
     logp, entropy, mean = plain(model, PROMPTS, COMPLETIONS, COUNTS)
@@ -68,7 +71,8 @@ def test_chunked_equals_the_plain_path(tiny_model_dir, chunk, lora):
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6 * scale, msg=name)
 
 
-def test_linear_head_gradients_equal_autograd_through_full_logits():
+@pytest.mark.parametrize("keep", [True, False])
+def test_linear_head_gradients_equal_autograd_through_full_logits(keep):
     """The fused backward on its own: hidden and head weights (and a bias) against autograd of the plain formula."""
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, requires_grad=True)
@@ -77,8 +81,10 @@ def test_linear_head_gradients_equal_autograd_through_full_logits():
     g = torch.randn(37)
     logp = torch.log_softmax(head(hidden) / 1.3, -1).gather(-1, targets[:, None]).squeeze(-1)
     want = torch.autograd.grad((logp * g).sum(), [hidden, head.weight, head.bias])
-    got_logp, _, _ = chunked_head(hidden, targets, head, 1.3, chunk=5)
+    got_logp, _, _ = chunked_head(hidden, targets, head, 1.3, chunk=5, keep=keep)
     got = torch.autograd.grad((got_logp * g).sum(), [hidden, head.weight, head.bias])
+    again = chunked_head(hidden, targets, head, 1.3, chunk=5, keep=not keep)[0]  # kept and made again: the same bits
+    assert torch.equal(torch.autograd.grad((again * g).sum(), [hidden])[0], got[0])
     torch.testing.assert_close(got_logp, logp, rtol=0, atol=1e-6)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * max(1.0, float(b.abs().max())))
