@@ -40,6 +40,7 @@ from srtlab.algorithms.advantages import compute_advantages
 from srtlab.algorithms.settings import AlgorithmSettings
 from srtlab.answers.gold import GoldScorer
 from srtlab.logs import at_step, train_sample_rows, write_samples
+from srtlab.models.allocator import released_memory
 from srtlab.models.forward import TokenLogprobs, TokenStats, pass_tokens, token_logprobs, token_stats
 from srtlab.models.load import CHECKPOINT_ABOVE, ModelSettings, load_model, load_tokenizer
 from srtlab.models.parallel import checkpoint_layers, layer_checkpointing, mark_sharded, shard_model
@@ -433,11 +434,13 @@ class PolicyModule(HeldoutLoop, L.LightningModule):
         """Forward and ``backward(loss)`` over micro-batches of whole groups (``srtlab.modules.loss_pass``)."""
         every = self.algorithm.kl_coef > 0  # the KL term has a gradient in unanimous groups too
         max_tokens = self.algorithm.max_tokens or (self.rollouts.sampling.max_new_tokens if self.rollouts else None)
-        return loss_pass(r, adv, self.policy_logprobs,
-                         self.reference_logprobs if self.algorithm.kl_coef > 0 else None, self.algorithm,
-                         self.micro_batch_tokens, backward, max_tokens=max_tokens, groups=groups,
-                         train_every_group=every, old=old, measure_skipped=measure_skipped,
-                         interruptible=interruptible)
+        long = sum(map(len, r.prompt_ids)) + sum(map(len, r.completion_ids)) > CHECKPOINT_ABOVE
+        with released_memory(adv.device, when=long):  # freed activations leave the process (long steps)
+            return loss_pass(r, adv, self.policy_logprobs,
+                             self.reference_logprobs if self.algorithm.kl_coef > 0 else None, self.algorithm,
+                             self.micro_batch_tokens, backward, max_tokens=max_tokens, groups=groups,
+                             train_every_group=every, old=old, measure_skipped=measure_skipped,
+                             interruptible=interruptible)
 
     def _write_train_samples(self, r: RolloutBatch, adv: torch.Tensor, step: int) -> None:
         """Every completion of the step with its answer, reward per source and advantage:
