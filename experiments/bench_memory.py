@@ -243,11 +243,20 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, help="memory bandwidth, bytes/s (default: measured)")
     parser.add_argument("--json", type=Path, help="write every point's figures here")
     parser.add_argument("--plot", type=Path, help="draw peak memory against T here (PNG)")
+    parser.add_argument("--plot-from", type=Path, nargs="+", metavar="JSON",
+                        help="draw --plot from the rows of these --json files (runs made apart), run nothing")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one point, in this process
     parser.add_argument("overrides", nargs="*", help="fit config overrides")
     args = parser.parse_args()
     if args.child is not None:
         print(json.dumps(child(args)))
+        return
+    if args.plot_from:
+        if not args.plot:
+            parser.error("--plot-from needs --plot PNG")
+        rows = [row for f in args.plot_from for row in json.loads(f.read_text())["rows"]]
+        plot(sorted(rows, key=lambda r: (r.get("init", ""), r["length"])), args.plot)
+        print(f"plot: {args.plot}")
         return
 
     peaks = Peaks({"bf16": args.peak_bf16, "fp32": args.peak_fp32, "bandwidth": args.bandwidth})

@@ -426,6 +426,9 @@ def study(out: Path, figure_path: Path | None = None) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if args else 2)
     if args[:1] == ["--study"]:
         fig_path = Path(args[args.index("--figure") + 1]) if "--figure" in args else None
         study(Path(args[1]), fig_path)

@@ -187,6 +187,9 @@ def test_bench_memory_measures_each_stage_in_its_own_process(tiny_model_dir, tmp
         assert set(row["stages"]) == {"load", "generate", "reward", "train", "sync"}
         assert row["peak_gib"] >= max(s["start_gib"] for s in row["stages"].values()) > 0
     assert (tmp_path / "m.png").stat().st_size > 0
+    out = _run_script("bench_memory.py", ["--plot-from", str(tmp_path / "m.json"), "--plot", str(tmp_path / "again.png")],
+                      monkeypatch, capsys)  # runs made apart, drawn together; nothing runs
+    assert "T=3" not in out and (tmp_path / "again.png").stat().st_size > 0
 
 
 def test_bench_memory_qwen_shape_is_qwen2_5_0_5b(tmp_path):
