@@ -227,7 +227,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("GiB")
     ax.set_ylim(0, 26)
     ax.set_title("One SRT step of SmolLM2-135M on a 2-core CPU: peak resident memory")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
