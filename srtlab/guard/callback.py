@@ -316,7 +316,7 @@ class CollapseGuard(L.Callback):
     def _stop(self, trainer: L.Trainer, reason: str, event: dict[str, Any]) -> Path:
         folder = _guard_dir(trainer)
         path = folder / "stop.ckpt"
-        trainer.save_checkpoint(path)  # collective: every rank calls it
+        trainer.save_checkpoint(path, weights_only=False)  # collective: every rank calls it
         if trainer.is_global_zero:
             (folder / "stop.json").write_text(json.dumps({**event, "reason": reason, "checkpoint": str(path)},
                                                          indent=2))

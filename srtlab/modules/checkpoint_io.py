@@ -104,5 +104,5 @@ def save_stop_checkpoint(trainer) -> Path:
     for callback in trainer.checkpoint_callbacks:
         if getattr(callback, "save_last", False):
             callback.last_model_path = str(path)
-    trainer.save_checkpoint(path)
+    trainer.save_checkpoint(path, weights_only=False)  # the full state (optimizer, loops, callbacks)
     return path
