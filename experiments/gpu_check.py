@@ -83,6 +83,11 @@ def non_embedding_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
 
 
+def training_autocast(args, device: str):
+    """bf16 autocast on ``device`` for the training pass (``--no-bf16``: none)."""
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+
+
 def run_model(name: str, policy: PolicyModule, args, device: str, warmup: bool = True):
     """``args.steps`` SRT steps (after one warm-up, unless not ``warmup``) and the figures; -> the last rollout."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -94,7 +99,7 @@ def run_model(name: str, policy: PolicyModule, args, device: str, warmup: bool =
     prompts = ReasoningGymSource("letter_counting", size=args.batch * (args.steps + 1), seed=0).prompts
     first = 0 if warmup else 1
     opt = policy.make_optimizer([p for p in model.parameters() if p.requires_grad])  # the configured optimizer
-    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    autocast = training_autocast(args, device)
     n_params = non_embedding_params(model)
     times: dict[str, list[float]] = {"generate": [], "reward": [], "train": [], "sync": [], "step": []}
     gen_tps, train_tps, gen_mfu, train_mfu = [], [], [], []
@@ -160,8 +165,7 @@ def run_long(args, folder: Path, lengths: list[int]) -> None:
     if rollout is None:
         return
     model, fits = policy.model, None
-    autocast = (torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) if args.bf16
-                else contextlib.nullcontext())
+    autocast = training_autocast(args, args.device)
     adv = compute_advantages("rloo", (torch.arange(len(rollout), dtype=torch.float) % 2).to(args.device), rollout.n)
     total = sum(len(c) for c in rollout.completion_ids) + sum(len(p) for p in rollout.prompt_ids)
     budget = max(len(rollout.prompt_ids[0]) + max(len(c) for c in rollout.completion_ids), 1024)
