@@ -61,7 +61,7 @@ def test_policy_weights_gather_fsdp_shards_tensor_by_tensor(tiny_model_dir, tmp_
 
     out = tmp_path / "gathered.pt"
     mp.spawn(_gather_worker, args=(2, _free_port(), str(tiny_model_dir), str(out)), nprocs=2)
-    got = torch.load(out)
+    got = torch.load(out, weights_only=True)
     plain = load_model(ModelSettings(str(tiny_model_dir))).state_dict()
     torch.manual_seed(0)
     lora = load_model(ModelSettings(str(tiny_model_dir), lora=LoraSettings(r=2, alpha=4)))
@@ -134,11 +134,11 @@ def test_fsdp_fit_on_two_processes_matches_one_process(variant, tiny_model_dir, 
     _fit(tiny_model_dir, one, *PARITY_REWARD, *variant, *sgd, engine)
     _fit(tiny_model_dir, two, *PARITY_REWARD, *variant, *sgd, engine, "trainer=fsdp", "trainer.accelerator=cpu",
          "trainer.devices=2", "trainer.precision=32-true")
-    a, b = torch.load(one / "rank0.pt"), torch.load(two / "rank0.pt")
+    a, b = torch.load(one / "rank0.pt", weights_only=True), torch.load(two / "rank0.pt", weights_only=True)
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
-    other = torch.load(two / "rank1.pt")
+    other = torch.load(two / "rank1.pt", weights_only=True)
     assert all(torch.equal(other[k], b[k]) for k in b)  # every rank streams the same full weights
     assert (two / "checkpoints" / "last.ckpt").is_dir()  # sharded: one file per rank plus metadata
     from transformers import AutoModelForCausalLM
@@ -154,7 +154,7 @@ def test_ddp_ranks_with_different_rewards_stay_identical(tiny_model_dir, tmp_pat
               "+reward.weights.parity=1.0"]
     _fit(tiny_model_dir, run, *reward, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
          "trainer.precision=32-true")
-    a, b = torch.load(run / "rank0.pt"), torch.load(run / "rank1.pt")
+    a, b = torch.load(run / "rank0.pt", weights_only=True), torch.load(run / "rank1.pt", weights_only=True)
     for k in a:  # gradients were averaged: without it the ranks would have moved apart
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     from transformers import AutoModelForCausalLM
