@@ -41,6 +41,7 @@ QWEN25_0_5B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14
                    intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True)
 TRL = {64: 5.1, 192: 5.9, 1024: 8.6}  # TRL 1.16 GRPOTrainer peak GiB on this machine, as measured in issue 26
 GIB = 2**30
+PROGRESS = "stage done: "  # the child's progress lines on stderr, echoed by the parent
 
 
 def _ints(text: str) -> list[int]:
@@ -66,7 +67,10 @@ class Stages:
         Path("/proc/self/clear_refs").write_text("5")  # the high-water mark restarts at the current RSS
         start, t = _status("VmRSS"), time.perf_counter()
         yield
-        self.rows[name] = {"s": time.perf_counter() - t, "start_gib": start / GIB, "peak_gib": _status("VmHWM") / GIB}
+        self.rows[name] = row = {"s": time.perf_counter() - t, "start_gib": start / GIB,
+                                 "peak_gib": _status("VmHWM") / GIB}
+        # as each stage ends (a long row runs for an hour here; one stopped early still shows what it reached)
+        print(f"{PROGRESS}{name} {row['s']:.1f} s, peak {row['peak_gib']:.2f} GiB", file=sys.stderr, flush=True)
 
 
 class Peaks(dict):
@@ -166,12 +170,21 @@ def child(args) -> dict:
 
 def run_point(length: int, overrides: list[str], steps: int) -> dict:
     """One point in a fresh process (its peak is its own); -> the child's figures."""
-    out = subprocess.run([sys.executable, __file__, "--child", str(length), "--steps", str(steps), *overrides],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        return {"length": length, "error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1],
-                "returncode": out.returncode}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", str(length), "--steps", str(steps), *overrides],
+                                stdout=stdout, stderr=subprocess.PIPE, text=True)
+        last = ""
+        for line in proc.stderr:  # the stages as they end; the last line is the error, if any
+            if line.startswith(PROGRESS):
+                print(f"  T={length} {line.strip()}", flush=True)
+            elif line.strip():
+                last = line.strip()
+        returncode = proc.wait()
+        stdout.seek(0)
+        lines = stdout.read().strip().splitlines()
+    if returncode != 0:
+        return {"length": length, "error": last or f"exit {returncode}", "returncode": returncode}
+    return json.loads(lines[-1])
 
 
 def qwen_overrides(folder: Path) -> list[str]:

@@ -181,6 +181,7 @@ def test_bench_memory_measures_each_stage_in_its_own_process(tiny_model_dir, tmp
                                           "--plot", str(tmp_path / "m.png"), f"model.path={tiny_model_dir}",
                                           *TINY_OVERRIDES], monkeypatch, capsys)
     assert "T=3" in out and "T=6" in out and "FAILED" not in out and "roofline" in out and "KB/token" in out
+    assert "T=6 stage done: generate" in out and out.index("T=6 stage done: train") < out.index("T=6  peak")  # live
     rows = json.loads((tmp_path / "m.json").read_text())["rows"]
     assert [r["completion_tokens"] for r in rows] == [2 * 4 * 3, 2 * 4 * 6]  # forced lengths, 2 prompts x 4 samples
     for row in rows:
