@@ -4,10 +4,10 @@ Why both. sympy evaluates integer powers and factorials in C (``2**(2**30)``, ``
 and nothing can interrupt a C call: math-verify's own ``SIGALRM`` timeout (main thread only) and the
 time limit below both fire only once that call returns, which can be never. So answers that would make
 sympy build huge numbers are refused *before* sympy sees them (:func:`latex_problem` on the text,
-:func:`expression_problem` on the unevaluated parse), and :func:`time_limit` bounds the remaining,
+:func:`expression_problem` on the unevaluated parse), and :func:`bounded` bounds the remaining,
 pure-Python slow paths (deep parser backtracking, ``simplify``).
 
-:func:`time_limit` raises :class:`ScoreTimeout` in the calling thread from a watchdog thread
+:func:`bounded` raises :class:`ScoreTimeout` in the calling thread from a watchdog thread
 (``PyThreadState_SetAsyncExc``), so it works in the main thread, in data-loader or callback threads,
 and needs no process. We measured the alternative, a worker process that is killed on overrun: it is
 the only hard bound on C calls, but it costs a process start (seconds: sympy's import) and a round trip
@@ -20,8 +20,8 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sympy import Basic, Float, Integer, Number, Pow, Rational
 from sympy.concrete.products import Product
@@ -39,6 +39,7 @@ from sympy.integrals.integrals import Integral
 from sympy.matrices import MatrixBase
 from sympy.series.limits import Limit
 
+T = TypeVar("T")
 MAX_MATH_CHARS = 256  # a longer answer is no answer: MATH answers are a few dozen characters
 MAX_BRACKET_DEPTH = 4  # nested ( and [: the LaTeX parser's cost grows steeply with it
 MAX_BRACE_DEPTH = 8  # nested { (\frac{\sqrt{\frac{..}}}): cheap to parse, but deeper is not an answer
@@ -48,50 +49,55 @@ _GROWING = (factorial, factorial2, subfactorial, gamma, binomial)  # about n! fo
 _UNEVALUATED = (Sum, Product, Integral, Limit, Derivative)  # not answers; doit() may not terminate
 _WATCHDOG_SHOTS = 20  # re-raise this many times at most (a handler may swallow one)
 _WATCHDOG_REPEAT_S = 0.05  # re-raise this often in case library code swallowed the exception
+_ASYNC_EXC = ctypes.pythonapi.PyThreadState_SetAsyncExc
 
 
 class ScoreTimeout(BaseException):
-    """Raised by :func:`time_limit` (a BaseException so that library ``except Exception`` does not eat it)."""
+    """Raised by :func:`bounded`'s watchdog (a BaseException so that library ``except Exception`` does not eat it)."""
 
 
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise :class:`ScoreTimeout` in this thread if the block runs longer than ``seconds``.
+def bounded(seconds: float, fn: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
+    """``fn(*args)`` stopped after ``seconds``: -> (True, its value), or (False, None) when it ran out of time.
 
-    Interrupts Python code between bytecodes (as a signal would), in any thread. A single C call
-    (big-integer arithmetic) runs to its end first: keep those out with the pre-checks. The caller
-    catches ``ScoreTimeout`` around the whole ``with`` statement: it may surface while the block exits.
+    Interrupts Python code between bytecodes (as a signal would), in any thread, by raising :class:`ScoreTimeout`
+    in it from a watchdog thread. A single C call (big-integer arithmetic) runs to its end first: keep those out
+    with the pre-checks. Nothing is raised before ``fn`` starts or after this returns, which is why this is a
+    function and not a ``with`` block: a context manager's exit is Python code, where a shot can land before it
+    disarms the watchdog, which then goes on firing into whatever the thread runs next (pytest's own reporting,
+    on a loaded machine). Here the watchdog fires only while it holds ``gate``, and the thread holds the gate
+    except while ``fn`` runs: it releases it just before ``fn`` and takes it back just after, both C calls (no
+    bytecode in between where a shot could land), so a shot is raised inside the ``try`` or dropped.
     """
+    gate, left = threading.Lock(), threading.Event()
+    gate.acquire()  # held until fn starts
     thread_id = ctypes.c_ulong(threading.get_ident())
-    done = threading.Event()
-    lock = threading.Lock()
-
-    def watchdog() -> None:
-        if done.wait(seconds):
-            return
-        for _ in range(_WATCHDOG_SHOTS):  # bounded: a thread that left the block is never hit for long
-            with lock:
-                if done.is_set():
-                    return
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, ctypes.py_object(ScoreTimeout))
-            if done.wait(_WATCHDOG_REPEAT_S):
-                return
-
-    guard = threading.Thread(target=watchdog, name="srtlab-score-time-limit", daemon=True)
-    guard.start()
+    threading.Thread(target=_watch, args=(gate, left, thread_id, seconds), name="srtlab-score-time-limit",
+                     daemon=True).start()
     try:
-        yield
-    finally:
-        # The watchdog must be stopped even when its exception lands inside this clause (between two
-        # bytecodes of it): otherwise it would go on firing into whatever this thread runs next.
-        while True:
+        try:
+            gate.release()  # C: the watchdog may fire from here
+            return True, fn(*args)
+        finally:
+            gate.acquire()  # C: and not from here on
+            _ASYNC_EXC(thread_id, None)  # C: a shot set but not yet raised is dropped
+            left.set()  # the watchdog stops
+    except ScoreTimeout:
+        return False, None
+
+
+def _watch(gate: threading.Lock, left: threading.Event, thread_id: ctypes.c_ulong, seconds: float) -> None:
+    if left.wait(seconds):
+        return
+    for _ in range(_WATCHDOG_SHOTS):  # bounded; fires only while holding the gate, so only into fn
+        if gate.acquire(timeout=_WATCHDOG_REPEAT_S):
             try:
-                with lock:
-                    done.set()
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, None)  # drop one set, not yet raised
-                break
-            except ScoreTimeout:
-                continue
+                if left.is_set():
+                    return
+                _ASYNC_EXC(thread_id, ctypes.py_object(ScoreTimeout))
+            finally:
+                gate.release()
+        if left.wait(_WATCHDOG_REPEAT_S):
+            return
 
 
 def latex_problem(text: str) -> str | None:

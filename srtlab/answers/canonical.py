@@ -14,6 +14,7 @@ thread, and cannot interrupt the C big-integer arithmetic that the pre-checks ke
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -23,12 +24,7 @@ from typing import Any
 
 from math_verify import parse, verify
 
-from srtlab.answers.bounds import (
-    ScoreTimeout,
-    expression_problem,
-    latex_problem,
-    time_limit,
-)
+from srtlab.answers.bounds import bounded, expression_problem, latex_problem
 from srtlab.answers.extract import without_format_chars
 
 ANSWER_KINDS: tuple[str, ...] = ("text", "math")
@@ -116,11 +112,9 @@ def parse_answer(
     _check_kind(kind)
     if kind == "text":
         return ParsedAnswer(text=answer, key=normalize_text(answer), math=())
-    try:
-        with time_limit(budget.answer_s):
-            return _parse_math(answer, stats)
-    except ScoreTimeout:
-        return _timed_out(answer, stats)
+    _warm_up()
+    finished, parsed = bounded(budget.answer_s, _parse_math, answer, stats)
+    return parsed if finished else _timed_out(answer, stats)
 
 
 def parsed_equivalent(
@@ -134,12 +128,10 @@ def parsed_equivalent(
     """
     if not (a.math and b.math):
         return _same(a, b)  # text only: no time limit needed
-    try:
-        with time_limit(budget.answer_s):
-            return _same(a, b)
-    except ScoreTimeout:
+    finished, same = bounded(budget.answer_s, _same, a, b)
+    if not finished:
         _count(stats, "timeouts")
-        return False
+    return bool(same)
 
 
 def answers_equivalent(a: str, b: str, kind: str, *, stats: ScoreStats | None = None) -> bool:
@@ -197,19 +189,35 @@ def _place(
         parsed = ParsedAnswer(text=answer, key=normalize_text(answer), math=())
         cluster = next((i for i, r in enumerate(representatives) if r.key == parsed.key), None)
     else:
-        try:
-            with time_limit(min(budget.answer_s, left)):
-                parsed = _parse_math(answer, stats)
-                if parsed.dropped:
-                    return None
-                cluster = next((i for i, r in enumerate(representatives) if _same(r, parsed)), None)
-        except ScoreTimeout:
+        _warm_up()
+        finished, found = bounded(min(budget.answer_s, left), _parse_and_find, answer, representatives, stats)
+        if not finished:
             _timed_out(answer, stats)
+            return None
+        parsed, cluster = found
+        if parsed.dropped:
             return None
     if cluster is None:
         representatives.append(parsed)
         cluster = len(representatives) - 1
     return cluster
+
+
+def _parse_and_find(answer: str, representatives: list[ParsedAnswer],
+                    stats: ScoreStats | None) -> tuple[ParsedAnswer, int | None]:
+    """Parse a new answer and find the first representative equal to it (None: a new cluster)."""
+    parsed = _parse_math(answer, stats)
+    if parsed.dropped:
+        return parsed, None
+    return parsed, next((i for i, r in enumerate(representatives) if _same(r, parsed)), None)
+
+
+@functools.cache
+def _warm_up() -> None:
+    """Parse and compare once, with no time limit, before the first bounded call: the first parse in a process
+    builds the LaTeX parser's state and imports sympy's lazy modules (0.1 s here, seconds on a cold, loaded
+    machine), and a time limit stopping that half-way would leave it half-built for every later answer."""
+    _math_equal(_parse_math("\\frac{1}{2}", None), _parse_math("0.5", None))
 
 
 def _same(a: ParsedAnswer, b: ParsedAnswer) -> bool:

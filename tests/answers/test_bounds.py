@@ -8,9 +8,9 @@ from math_verify import parse
 
 from srtlab.answers.bounds import (
     ScoreTimeout,
+    bounded,
     expression_problem,
     latex_problem,
-    time_limit,
 )
 
 
@@ -57,16 +57,11 @@ def _spin(seconds: float) -> None:
 
 
 @pytest.mark.parametrize("in_thread", [False, True])
-def test_time_limit_interrupts_in_any_thread(in_thread: bool) -> None:
+def test_bounded_interrupts_in_any_thread(in_thread: bool) -> None:
     outcome: dict[str, object] = {}
 
     def work() -> None:
-        try:
-            with time_limit(0.05):
-                _spin(5.0)
-            outcome["result"] = "finished"
-        except ScoreTimeout:
-            outcome["result"] = "timeout"
+        outcome["result"] = bounded(0.05, _spin, 5.0)
 
     if in_thread:
         worker = threading.Thread(target=work)
@@ -74,21 +69,39 @@ def test_time_limit_interrupts_in_any_thread(in_thread: bool) -> None:
         worker.join()
     else:
         work()
-    assert outcome["result"] == "timeout"  # the 5 s spin was interrupted (it would have finished otherwise)
+    assert outcome["result"] == (False, None)  # the 5 s spin was interrupted (it would have finished otherwise)
 
 
-def test_time_limit_is_silent_when_the_block_finishes() -> None:
-    with time_limit(0.05):
-        value = sum(range(100))
-    _spin(0.2)  # nothing must be raised later, after the block
-    assert value == 4950
+def test_bounded_is_silent_when_the_call_finishes() -> None:
+    assert bounded(0.05, sum, range(100)) == (True, 4950)
+    _spin(0.2)  # nothing must be raised later
 
 
-def test_time_limit_is_not_swallowed_by_except_exception() -> None:
-    with pytest.raises(ScoreTimeout), time_limit(0.05):
+def test_nothing_is_raised_after_bounded_returns_even_at_its_deadline() -> None:
+    """Calls that end right at their deadline, where a shot can land as the call returns: none may reach the
+    code after it. (A ``with``-block time limit did: a shot landing in the context manager's exit left its
+    watchdog firing into pytest's own reporting, on a loaded machine.)"""
+    leaked = 0
+    outcomes = set()
+    for i in range(300):
+        finished, _ = bounded(0.002, _spin, 0.0015 + 0.001 * (i % 3) / 2)
+        outcomes.add(finished)
+        try:
+            _spin(0.004)  # past the watchdog's next re-fire (every 50 ms: 0.004 x 300 covers many)
+        except ScoreTimeout:
+            leaked += 1
+    assert leaked == 0
+    assert outcomes == {True, False}  # the boundary was hit from both sides
+
+
+def test_bounded_is_not_swallowed_by_except_exception() -> None:
+    def swallowing() -> None:
         end = time.perf_counter() + 5.0
         while time.perf_counter() < end:
             try:
                 _spin(0.01)
             except Exception:  # noqa: BLE001, S110 - what library code does; ScoreTimeout is a BaseException
                 pass
+
+    started = time.perf_counter()
+    assert bounded(0.05, swallowing) == (False, None) and time.perf_counter() - started < 2.0
