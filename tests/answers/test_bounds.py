@@ -103,5 +103,4 @@ def test_bounded_is_not_swallowed_by_except_exception() -> None:
             except Exception:  # noqa: BLE001, S110 - what library code does; ScoreTimeout is a BaseException
                 pass
 
-    started = time.perf_counter()
-    assert bounded(0.05, swallowing) == (False, None) and time.perf_counter() - started < 2.0
+    assert bounded(0.05, swallowing) == (False, None)  # swallowed, it would have run its 5 s and returned True
