@@ -82,16 +82,13 @@ def test_nothing_is_raised_after_bounded_returns_even_at_its_deadline() -> None:
     code after it. (A ``with``-block time limit did: a shot landing in the context manager's exit left its
     watchdog firing into pytest's own reporting, on a loaded machine.)"""
     leaked = 0
-    outcomes = set()
-    for i in range(300):
-        finished, _ = bounded(0.002, _spin, 0.0015 + 0.001 * (i % 3) / 2)
-        outcomes.add(finished)
+    for i in range(300):  # spins from 0 to 4x the deadline: wherever the watchdog's wake-up lands on this machine
+        bounded(0.002, _spin, 0.008 * (i % 50) / 50)
         try:
             _spin(0.004)  # past the watchdog's next re-fire (every 50 ms: 0.004 x 300 covers many)
         except ScoreTimeout:
             leaked += 1
     assert leaked == 0
-    assert outcomes == {True, False}  # the boundary was hit from both sides
 
 
 def test_bounded_is_not_swallowed_by_except_exception() -> None:
